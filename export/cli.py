@@ -1,0 +1,67 @@
+"""`export-onnx`: checkpoint -> one self-describing ONNX file, parity-checked against PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from runtime.cliutil import debug_option, run
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The .onnx file to write.")
+@click.option("--quantize", default="none", show_default=True, type=click.Choice(["none"]),
+              help="Variant to write (fp32 only for now).")
+@click.option("--verify-dir", type=click.Path(path_type=Path),
+              help="Images for the parity check (ImageFolder for accuracy) [default: the checkpoint's val split].")
+@click.option("--verify-size", default=256, show_default=True, type=click.IntRange(min=0),
+              help="At most this many real images in the parity check.")
+@click.option("--max-drop", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Largest top-1 drop (percentage points) accepted for reduced-precision variants.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the parity report as JSON.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@debug_option
+def main(
+    checkpoint: Path,
+    output: Path,
+    quantize: str,
+    verify_dir: Optional[Path],
+    verify_size: int,
+    max_drop: float,
+    report_path: Optional[Path],
+    force: bool,
+    debug: bool,
+) -> None:
+    """Export CHECKPOINT (from train-alexnet) to ONNX and prove it matches PyTorch.
+
+    The contract (labels, preprocessing, provenance) goes into the model's metadata, so
+    onnx-predict needs nothing else. The gate for fp32: max |logit diff| <= 1e-4 and 100% top-1
+    agreement on random and real images; on failure nothing is written and the exit code is 3.
+
+    \b
+    Example:
+      export-onnx artifacts/run/best.pt -o model.onnx --report parity.json
+
+    Exit codes: 0 ok, 2 usage (e.g. output exists without --force), 3 bad checkpoint or failed
+    parity gate, 4 I/O.
+    """
+
+    def go() -> int:
+        from .pipeline import export_checkpoint
+
+        export_checkpoint(
+            checkpoint,
+            output,
+            verify_dir=verify_dir,
+            verify_size=verify_size,
+            max_drop=max_drop,
+            report_path=report_path,
+            force=force,
+            log=lambda message: click.echo(message, err=True),
+        )
+        return 0
+
+    run(go, debug=debug)

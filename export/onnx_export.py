@@ -1,0 +1,75 @@
+"""PyTorch model -> one self-contained ONNX model with the contract in its metadata."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from runtime.contract import Contract
+from runtime.errors import ModelError
+
+from train.checkpoint import contract_of, load_checkpoint
+from train.config import TrainConfig
+from train.models import build_model
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def model_from_checkpoint(path: Path) -> tuple[nn.Module, Contract, dict]:
+    """(eval-mode model, contract, checkpoint) from a train-alexnet checkpoint."""
+    ckpt = load_checkpoint(path)
+    contract = contract_of(ckpt, path)
+    try:
+        cfg = TrainConfig.from_dict(ckpt["config"])
+    except Exception as exc:
+        raise ModelError(f"{path}: checkpoint config is invalid ({exc})") from None
+    if cfg.arch != contract.arch:
+        raise ModelError(f"{path}: config arch {cfg.arch!r} differs from the contract's {contract.arch!r}")
+    model = build_model(cfg.arch, contract.num_classes)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise ModelError(f"{path}: weights do not fit {cfg.arch} with {contract.num_classes} classes ({first})") from None
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ModelError(f"{path}: weights contain NaN/inf ({', '.join(bad[:3])}); export a checkpoint from before divergence")
+    return model.eval(), contract, ckpt
+
+
+def to_onnx(model: nn.Module, contract: Contract) -> "onnx.ModelProto":  # noqa: F821
+    """Export with the dynamo exporter: fixed HxW, dynamic batch, single file, contract in
+    metadata_props, checked with onnx.checker (full_check)."""
+    import onnx
+
+    crop = contract.preprocess.crop
+    sample = torch.randn(2, 3, crop, crop)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (sample,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            external_data=False,
+            verbose=False,
+        )
+    proto = program.model_proto
+    set_contract(proto, contract)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def set_contract(proto, contract: Contract) -> None:
+    import onnx
+
+    # set_model_props replaces every prop: the contract is the whole of metadata_props.
+    onnx.helper.set_model_props(proto, contract.to_metadata())
+    proto.producer_name = "alexnet-onnx"
+    proto.doc_string = f"{contract.arch} trained on {contract.dataset}; labels: {', '.join(contract.labels)}"

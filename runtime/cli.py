@@ -1,0 +1,91 @@
+"""`onnx-predict`: classify images with an exported model, no PyTorch needed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .cliutil import debug_option, run
+from .errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-m", "--model", "model", required=True, type=click.Path(path_type=Path), help="The .onnx model.")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1), help="Labels per image.")
+@click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(["text", "json", "csv"]))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="Threads (default: the usable cores).")
+@click.option("--eval", "eval_dir", type=click.Path(path_type=Path), help="Evaluate on an ImageFolder DIR instead.")
+@debug_option
+def main(
+    model: Path,
+    paths: tuple[Path, ...],
+    top_k: int,
+    fmt: str,
+    batch_size: int,
+    threads: int | None,
+    eval_dir: Path | None,
+    debug: bool,
+) -> None:
+    """Classify images (files, directories, globs) with MODEL, or evaluate it with --eval DIR.
+
+    \b
+    Examples:
+      onnx-predict -m model.onnx cat.jpg photos/ 'shots/**/*.png'
+      onnx-predict -m model.onnx --format json --top-k 3 photos/ > preds.jsonl
+      onnx-predict -m model.onnx --eval data/test --format json
+
+    Exit codes: 0 all ok, 1 some inputs failed, 2 usage, 3 bad model or data, 4 I/O.
+    """
+
+    def go() -> int:
+        if eval_dir is not None and paths:
+            raise UsageError("give either PATHs or --eval DIR, not both")
+        if eval_dir is None and not paths:
+            raise UsageError("no PATH given (images, directories or globs), and no --eval DIR")
+        from .predictor import Predictor, available_cores
+
+        predictor = Predictor(model, threads=threads)
+        workers = threads or available_cores()
+        if eval_dir is not None:
+            return _evaluate(predictor, eval_dir, fmt, batch_size, workers)
+        return _predict(predictor, paths, fmt, top_k, batch_size, workers)
+
+    run(go, debug=debug)
+
+
+def _predict(predictor, paths, fmt: str, top_k: int, batch_size: int, workers: int) -> int:
+    from .classify import Writer, classify
+    from .inputs import iter_inputs
+
+    writer = Writer(fmt, sys.stdout, sys.stderr)
+    failed = 0
+    for result in classify(predictor, iter_inputs(paths), batch_size=batch_size, top_k=top_k, workers=workers):
+        failed += result.error is not None
+        writer.write(result)
+    sys.stdout.flush()
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _evaluate(predictor, root: Path, fmt: str, batch_size: int, workers: int) -> int:
+    from .evaluate import evaluate
+
+    def on_error(message: str) -> None:
+        click.echo(f"error: {message}", err=True)
+
+    def on_progress(done: int) -> None:
+        if sys.stderr.isatty() and done % 256 == 0:
+            click.echo(f"\r{done} images", err=True, nl=False)
+
+    report = evaluate(predictor, root, batch_size=batch_size, workers=workers, on_error=on_error, on_progress=on_progress)
+    if fmt == "json":
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        click.echo(f"top-1 {report.top1:.4f}  top-5 {report.top5:.4f}  n {report.n}  failed {report.failed}")
+        for label, stats in report.per_class.items():
+            click.echo(f"  {label:<20} top-1 {stats['top1']:.4f}  n {stats['n']}")
+    return EXIT_SOME_FAILED if report.failed else EXIT_OK

@@ -1,0 +1,186 @@
+"""The model contract: everything a predictor needs to use a model, stored inside the model.
+
+This module is the one place the contract is defined. Export writes `Contract.to_metadata()` into
+the ONNX `metadata_props`; checkpoints carry the same dictionary; the runtime reads it back with
+`Contract.from_metadata()`. Values are strings; structured values are JSON text. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+CONTRACT_VERSION = "1"
+SUPPORTED_VERSIONS = (CONTRACT_VERSION,)
+VARIANTS = ("fp32", "fp16", "int8")
+# Name of the image-loading policy in runtime/image.py; bump it when the policy changes.
+IMAGE_POLICY = "exif-alpha-white-16bit-scaled-v1"
+
+REQUIRED_KEYS = ("contract_version", "labels", "preprocess", "arch", "dataset", "variant")
+
+
+class ContractError(ValueError):
+    """Metadata that is missing, malformed or of an unknown contract version."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Exactly what the training eval transform does: Resize(shorter side) -> CenterCrop ->
+    ToTensor (RGB, scale 1/255, NCHW) -> Normalize(mean, std)."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+    color: str = "RGB"
+    layout: str = "NCHW"
+    scale: str = "1/255"
+    image_policy: str = IMAGE_POLICY
+
+    def __post_init__(self) -> None:
+        for name in ("resize", "crop"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ContractError(f"preprocess.{name} must be a positive integer, got {value!r}")
+        if self.crop > self.resize:
+            raise ContractError(f"preprocess.crop ({self.crop}) must not exceed resize ({self.resize})")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if len(value) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+                raise ContractError(f"preprocess.{name} must be three finite numbers, got {value!r}")
+            object.__setattr__(self, name, tuple(float(v) for v in value))
+        if any(s <= 0 for s in self.std):
+            raise ContractError(f"preprocess.std must be positive, got {self.std!r}")
+        expected = {"interpolation": "bilinear", "color": "RGB", "layout": "NCHW", "scale": "1/255"}
+        for name, want in expected.items():
+            if getattr(self, name) != want:
+                raise ContractError(f"preprocess.{name} {getattr(self, name)!r} is not supported (only {want!r})")
+        if self.image_policy != IMAGE_POLICY:
+            raise ContractError(
+                f"preprocess.image_policy {self.image_policy!r} is not supported (only {IMAGE_POLICY!r})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "resize": self.resize,
+            "crop": self.crop,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "color": self.color,
+            "layout": self.layout,
+            "scale": self.scale,
+            "image_policy": self.image_policy,
+        }
+
+
+@dataclass(frozen=True)
+class Contract:
+    labels: tuple[str, ...]
+    preprocess: Preprocess
+    arch: str
+    dataset: str
+    variant: str = "fp32"
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    source_checkpoint_sha256: str = ""
+    created_with: str = ""
+    contract_version: str = CONTRACT_VERSION
+
+    def __post_init__(self) -> None:
+        labels = tuple(self.labels)
+        if not labels or not all(isinstance(x, str) and x for x in labels):
+            raise ContractError("labels must be a non-empty list of non-empty strings")
+        if len(set(labels)) != len(labels):
+            raise ContractError("labels must be unique")
+        object.__setattr__(self, "labels", labels)
+        if self.variant not in VARIANTS:
+            raise ContractError(f"variant {self.variant!r} is unknown (valid: {', '.join(VARIANTS)})")
+        if self.contract_version not in SUPPORTED_VERSIONS:
+            raise ContractError(
+                f"contract_version {self.contract_version!r} is not supported by this runtime "
+                f"(supported: {', '.join(SUPPORTED_VERSIONS)}); upgrade alexnet-onnx"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def with_(self, **changes: Any) -> "Contract":
+        return replace(self, **changes)
+
+    def to_metadata(self) -> dict[str, str]:
+        return {
+            "contract_version": self.contract_version,
+            "labels": json.dumps(list(self.labels)),
+            "preprocess": json.dumps(self.preprocess.to_dict()),
+            "arch": self.arch,
+            "dataset": self.dataset,
+            "variant": self.variant,
+            "metrics": json.dumps(dict(self.metrics)),
+            "source_checkpoint_sha256": self.source_checkpoint_sha256,
+            "created_with": self.created_with,
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str]) -> "Contract":
+        if "contract_version" not in meta:
+            raise ContractError("no alexnet-onnx contract in the metadata (key 'contract_version' is missing)")
+        version = meta["contract_version"]
+        if version not in SUPPORTED_VERSIONS:
+            raise ContractError(
+                f"contract_version {version!r} is not supported by this runtime "
+                f"(supported: {', '.join(SUPPORTED_VERSIONS)}); upgrade alexnet-onnx"
+            )
+        missing = [k for k in REQUIRED_KEYS if k not in meta]
+        if missing:
+            raise ContractError(f"contract metadata is missing key(s): {', '.join(missing)}")
+        labels = _json(meta, "labels", list)
+        pre = _json(meta, "preprocess", dict)
+        try:
+            preprocess = Preprocess(
+                resize=pre["resize"],
+                crop=pre["crop"],
+                mean=tuple(pre["mean"]),
+                std=tuple(pre["std"]),
+                interpolation=pre.get("interpolation", "bilinear"),
+                color=pre.get("color", "RGB"),
+                layout=pre.get("layout", "NCHW"),
+                scale=pre.get("scale", "1/255"),
+                image_policy=pre.get("image_policy", IMAGE_POLICY),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ContractError(f"contract 'preprocess' is malformed: {exc}") from None
+        metrics = _json(meta, "metrics", dict) if meta.get("metrics") else {}
+        return cls(
+            labels=tuple(labels),
+            preprocess=preprocess,
+            arch=meta["arch"],
+            dataset=meta["dataset"],
+            variant=meta["variant"],
+            metrics=metrics,
+            source_checkpoint_sha256=meta.get("source_checkpoint_sha256", ""),
+            created_with=meta.get("created_with", ""),
+            contract_version=version,
+        )
+
+
+def _json(meta: Mapping[str, str], key: str, kind: type) -> Any:
+    try:
+        value = json.loads(meta[key])
+    except (TypeError, ValueError):
+        raise ContractError(f"contract key {key!r} is not valid JSON") from None
+    if not isinstance(value, kind):
+        raise ContractError(f"contract key {key!r} must be a JSON {kind.__name__}")
+    return value
+
+
+def package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"alexnet-onnx {version('alexnet-onnx')}"
+    except Exception:  # not installed (running from a source tree)
+        return "alexnet-onnx (source)"

@@ -1,0 +1,62 @@
+"""The eval transform in Pillow + numpy, equal to torchvision's
+Resize(resize) -> CenterCrop(crop) -> ToTensor() -> Normalize(mean, std) on PIL images.
+
+It follows torchvision's arithmetic to the letter: the long side becomes
+`int(resize * long / short)`, an image already at that size is not resampled, the crop offset is
+`int(round((side - crop) / 2))`, and the float32 operations happen in the same order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from .contract import Preprocess
+
+# Above this many resized pixels (aspect ratios beyond ~250:1) only the window that survives the
+# crop is resampled, to keep memory bounded; values there may differ from torchvision by one
+# grey level. Below it the result is exactly torchvision's.
+_MAX_RESIZED_PIXELS = 16_000_000
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(new_width, new_height) with the shorter side equal to `size`, as torchvision computes it."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def crop_box(width: int, height: int, crop: int) -> tuple[int, int, int, int]:
+    top = int(round((height - crop) / 2.0))
+    left = int(round((width - crop) / 2.0))
+    return left, top, left + crop, top + crop
+
+
+def resize_and_crop(im: Image.Image, spec: Preprocess) -> Image.Image:
+    """The geometric part of the transform, on an RGB PIL image."""
+    w, h = im.size
+    new_w, new_h = resized_size(w, h, spec.resize)
+    box = crop_box(new_w, new_h, spec.crop)
+    if (new_w, new_h) == (w, h):
+        return im.crop(box)
+    if new_w * new_h > _MAX_RESIZED_PIXELS:
+        sx, sy = w / new_w, h / new_h
+        source_box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+        return im.resize((spec.crop, spec.crop), Image.Resampling.BILINEAR, box=source_box)
+    return im.resize((new_w, new_h), Image.Resampling.BILINEAR).crop(box)
+
+
+def to_array(im: Image.Image, spec: Preprocess) -> np.ndarray:
+    """RGB PIL image -> normalized float32 array (3, H, W)."""
+    chw = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    x = chw.astype(np.float32) / np.float32(255)
+    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
+    return np.ascontiguousarray((x - mean) / std)
+
+
+def preprocess(im: Image.Image, spec: Preprocess) -> np.ndarray:
+    """An 8-bit RGB PIL image (see runtime.image.load_image) -> float32 array (3, crop, crop)."""
+    if im.mode != "RGB":
+        raise ValueError(f"preprocess expects an RGB image, got mode {im.mode!r} (use runtime.image.load_image)")
+    return to_array(resize_and_crop(im, spec), spec)

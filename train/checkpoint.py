@@ -1,0 +1,115 @@
+"""Checkpoints: written atomically, read with `weights_only=True` (a checkpoint never runs code).
+
+Keys: `model`, `optimizer`, `scheduler`, `epoch` (epochs completed), `config` (plain dict),
+`contract` (the runtime contract as metadata strings), `rng`, plus `history` and `best_val_top1`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from runtime.contract import Contract, ContractError
+from runtime.errors import ModelError, StorageError
+
+REQUIRED_KEYS = ("model", "config", "contract", "epoch")
+_LFS_MAGIC = b"version https://git-lfs"
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write via a temp file in the same directory, fsync, then os.replace: a crash at any moment
+    leaves either the old file or the new one, never a torn one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else exc.strerror or str(exc)
+        raise StorageError(f"{path}: cannot write ({reason}); the previous file, if any, is unchanged") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def clean_temp_files(directory: Path) -> None:
+    """Remove temp files a killed process left behind (they never replaced a real file)."""
+    for leftover in Path(directory).glob(".*.tmp-*"):
+        leftover.unlink(missing_ok=True)
+
+
+def load_file(path: Path, *, what: str = "checkpoint") -> Any:
+    """torch.load with weights_only=True, every failure turned into one ModelError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: {what} not found")
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(_LFS_MAGIC)) == _LFS_MAGIC:
+                raise ModelError(f"{path}: is a git-lfs pointer, not a {what}; run 'git lfs pull' first")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except ModelError:
+        raise
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
+        raise ModelError(f"{path}: refused to load {what}: it needs code execution ({first[:200]})") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, KeyError, AttributeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{path}: not a readable {what} (truncated or corrupt: {first[:200]})") from None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint with every required key and a valid contract."""
+    ckpt = load_file(path)
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
+        have = ", ".join(sorted(map(str, ckpt))) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ModelError(
+            f"{path}: not an alexnet-onnx checkpoint (needs keys {', '.join(REQUIRED_KEYS)}; has {have})"
+        )
+    contract_of(ckpt, path)
+    return ckpt
+
+
+def contract_of(ckpt: dict[str, Any], path: Path) -> Contract:
+    try:
+        return Contract.from_metadata(ckpt["contract"])
+    except (ContractError, TypeError) as exc:
+        raise ModelError(f"{path}: invalid contract in checkpoint ({exc})") from None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,116 @@
+"""The two architectures, their input geometry and normalization (defined once, here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from runtime.contract import Preprocess
+from runtime.errors import ModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# torchvision's cache file name for AlexNet_Weights.IMAGENET1K_V1.
+IMAGENET_WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    preprocess: Preprocess
+    default_lr: float
+    summary: str
+
+
+ARCHS = {
+    "alexnet": ArchSpec(
+        "alexnet",
+        Preprocess(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        default_lr=0.02,
+        summary="torchvision AlexNet, 224x224 input, ImageNet weights available",
+    ),
+    "alexnet_cifar": ArchSpec(
+        "alexnet_cifar",
+        Preprocess(resize=32, crop=32, mean=CIFAR10_MEAN, std=CIFAR10_STD),
+        default_lr=0.05,
+        summary="AlexNet's 5-conv/3-FC shape for 32x32 input, with BatchNorm",
+    ),
+}
+
+
+class AlexNetCifar(nn.Module):
+    """AlexNet scaled to 32x32: five 3x3 conv layers (64-192-384-256-256) with BatchNorm,
+    three max-pools to 4x4, then three fully connected layers."""
+
+    def __init__(self, num_classes: int, dropout: float = 0.25) -> None:
+        super().__init__()
+
+        def conv(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        self.features = nn.Sequential(
+            *conv(3, 64), nn.MaxPool2d(2),
+            *conv(64, 192), nn.MaxPool2d(2),
+            *conv(192, 384), *conv(384, 256), *conv(256, 256), nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(dropout), nn.Linear(256 * 4 * 4, 1024), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(1024, 1024), nn.ReLU(inplace=True),
+            nn.Linear(1024, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def build_model(
+    arch: str, num_classes: int, *, pretrained: bool = False, weights: Optional[Path] = None
+) -> nn.Module:
+    """A fresh model; `pretrained` loads torchvision's ImageNet weights (its cache first, then a
+    download), `weights` a local state dict with the same keys. The head is always new."""
+    if arch not in ARCHS:
+        raise ModelError(f"unknown arch {arch!r} (valid: {', '.join(ARCHS)})")
+    if arch == "alexnet_cifar":
+        if pretrained or weights:
+            raise ModelError("alexnet_cifar has no pretrained weights; use --arch alexnet for transfer learning")
+        return AlexNetCifar(num_classes)
+    from torchvision.models import alexnet
+
+    model = alexnet(weights=None)
+    if pretrained or weights:
+        state = _load_imagenet_state(weights)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            source = weights or IMAGENET_WEIGHTS_FILE
+            raise ModelError(f"{source}: not torchvision AlexNet weights ({str(exc).splitlines()[0]})") from None
+    model.classifier[6] = nn.Linear(model.classifier[6].in_features, num_classes)
+    return model
+
+
+def _load_imagenet_state(weights: Optional[Path]) -> dict:
+    if weights is not None:
+        from .checkpoint import load_file
+
+        state = load_file(Path(weights), what="weights file")
+        state = state.get("model", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise ModelError(f"{weights}: expected a state dict of torchvision AlexNet weights")
+        return state
+    from torchvision.models import AlexNet_Weights
+
+    try:
+        return AlexNet_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True)
+    except OSError as exc:  # URLError is an OSError: offline and not in the cache
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_WEIGHTS_FILE
+        raise ModelError(
+            f"cannot download the ImageNet AlexNet weights ({exc}); place {IMAGENET_WEIGHTS_FILE} "
+            f"at {cache} or pass --weights FILE"
+        ) from None
