@@ -89,3 +89,5 @@ def _evaluate(predictor, root: Path, fmt: str, batch_size: int, workers: int) ->
         for label, stats in report.per_class.items():
             click.echo(f"  {label:<20} top-1 {stats['top1']:.4f}  n {stats['n']}")
     return EXIT_SOME_FAILED if report.failed else EXIT_OK
+if __name__ == "__main__":
+    main()

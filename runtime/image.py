@@ -22,11 +22,22 @@ from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+# Register exactly the allowed formats (cheaper than Image.init(), which imports every plugin).
+from PIL import (  # noqa: F401
+    BmpImagePlugin,
+    GifImagePlugin,
+    JpegImagePlugin,
+    PngImagePlugin,
+    PpmImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
 
 from .errors import ImageError
 
-# Formats a camera, phone, browser or dataset produces; no PDF/EPS/FITS/PSD and friends.
-ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+# Formats a camera, phone, browser or dataset produces (JPEG covers multi-picture MPO files);
+# no PDF/EPS/FITS/PSD and friends.
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )

@@ -1,0 +1,41 @@
+# make test  - create .venv, install .[train,dev], run the test suite (what CI runs)
+# make demo  - train alexnet_cifar briefly on CIFAR-10, export to ONNX with the parity report,
+#              classify a few test images and evaluate the exported model
+# make bench - the benchmark scripts (not part of make test)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Where CIFAR-10 lives: cifar-10-batches-py/, or an ImageFolder with train/ and test/.
+# Empty folder + internet: torchvision downloads it there.
+ALEXNET_DATA_DIR ?= data/cifar10
+DEMO_OUT ?= artifacts/demo
+DEMO_EPOCHS ?= 4
+DEMO_LIMIT ?= 2500
+
+.PHONY: test demo bench install clean
+
+install: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[train,dev]"
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/train-alexnet --dataset cifar10 --data-dir "$(ALEXNET_DATA_DIR)" --arch alexnet_cifar \
+		--epochs $(DEMO_EPOCHS) --limit-train $(DEMO_LIMIT) --val-fraction 0.02 --out $(DEMO_OUT)
+	$(BIN)/export-onnx $(DEMO_OUT)/best.pt -o $(DEMO_OUT)/model.onnx --report $(DEMO_OUT)/parity.json --force
+	$(BIN)/python -m train.demo_images --data-dir "$(ALEXNET_DATA_DIR)" --out $(DEMO_OUT)/test-images
+	$(BIN)/onnx-predict -m $(DEMO_OUT)/model.onnx --top-k 3 $$(cat $(DEMO_OUT)/test-images/samples.txt)
+	$(BIN)/onnx-predict -m $(DEMO_OUT)/model.onnx --eval "$$(cat $(DEMO_OUT)/test-images/root.txt)"
+	@echo "artifacts: $(DEMO_OUT)/ (best.pt last.pt metrics.json curves.png model.onnx parity.json)"
+
+bench: install
+	$(BIN)/python benchmarks/predict_cold_start.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,107 @@
+"""Shared fixtures: small generated datasets, a tiny trained checkpoint and its ONNX export."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+needs_shared_data = pytest.mark.skipif(
+    not (SHARED_DATA / "flowers" / "train").is_dir(), reason=f"real photos not present at {SHARED_DATA}"
+)
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def make_image(label: int, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    """A noisy image whose colour depends on the label, so a few steps of training learn it."""
+    w, h = size
+    base = np.array([(label * 97) % 256, (label * 53 + 80) % 256, (255 - label * 71) % 256], dtype=np.float64)
+    pixels = base + rng.normal(0, 30, size=(h, w, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def make_image_folder(root: Path, classes: list[str], per_class: int, size=(40, 36), seed=0, suffix=".png") -> Path:
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            make_image(label, size, rng).save(root / name / f"{i:03d}{suffix}")
+    return root
+
+
+def write_cifar_pickles(folder: Path, per_batch: int = 20, test: int = 20, seed: int = 0) -> Path:
+    """A tiny cifar-10-batches-py in the real format (protocol-2 pickles of numpy arrays)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    def batch(n: int) -> dict:
+        labels = [i % 10 for i in range(n)]
+        data = np.stack([np.asarray(make_image(k, (32, 32), rng)).transpose(2, 0, 1).reshape(-1) for k in labels])
+        return {b"batch_label": b"tiny", b"labels": labels, b"data": data, b"filenames": [b"x.png"] * n}
+
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [c.encode() for c in CIFAR_CLASSES], b"num_vis": 3072}, f, protocol=2)
+    for i in range(1, 6):
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump(batch(per_batch), f, protocol=2)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(batch(test), f, protocol=2)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    """ImageFolder with train/ and test/, three classes."""
+    root = tmp_path_factory.mktemp("tiny_folder")
+    make_image_folder(root / "train", ["cat", "dog", "owl"], per_class=16, seed=1)
+    make_image_folder(root / "test", ["cat", "dog", "owl"], per_class=4, seed=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_folder, tmp_path_factory) -> Path:
+    """train-alexnet on the tiny folder: 2 epochs of alexnet_cifar; returns its --out dir."""
+    from train.config import TrainConfig
+    from train.loop import train
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(dataset="folder", data_dir=str(tiny_folder), arch="alexnet_cifar", epochs=2,
+                      batch_size=16, lr=0.02, out=str(out), val_fraction=0.25, seed=0)
+    train(cfg, log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_model(trained_run) -> Path:
+    from export.pipeline import export_checkpoint
+
+    path = trained_run / "model.onnx"
+    if not path.exists():
+        export_checkpoint(trained_run / "best.pt", path, log=lambda m: None)
+    return path
+
+
+@pytest.fixture()
+def torch_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Tests never reach the internet; code that tries gets the same error as an offline machine."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    os.environ.setdefault("NO_PROXY", "*")

@@ -1,0 +1,85 @@
+import json
+
+import pytest
+
+from runtime.contract import CONTRACT_VERSION, Contract, ContractError, Preprocess
+
+
+def make_contract(**changes) -> Contract:
+    base = dict(
+        labels=("cat", "dog", "ému ü"),
+        preprocess=Preprocess(resize=256, crop=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+        arch="alexnet",
+        dataset="folder",
+        metrics={"val_top1": 0.875, "val_split": "val/"},
+        source_checkpoint_sha256="ab" * 32,
+        created_with="alexnet-onnx 0.1.0",
+    )
+    return Contract(**{**base, **changes})
+
+
+def test_round_trip_is_lossless():
+    contract = make_contract()
+    meta = contract.to_metadata()
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
+    assert Contract.from_metadata(meta) == contract
+
+
+def test_metadata_is_json_not_python_repr():
+    meta = make_contract().to_metadata()
+    assert meta["contract_version"] == CONTRACT_VERSION == "1"
+    assert json.loads(meta["labels"]) == ["cat", "dog", "ému ü"]
+    pre = json.loads(meta["preprocess"])
+    assert pre["resize"] == 256 and pre["crop"] == 224 and pre["interpolation"] == "bilinear"
+    assert pre["color"] == "RGB" and pre["layout"] == "NCHW" and pre["scale"] == "1/255"
+    assert pre["mean"] == [0.485, 0.456, 0.406] and "image_policy" in pre
+    assert json.loads(meta["metrics"])["val_top1"] == 0.875
+    assert meta["variant"] == "fp32"
+
+
+@pytest.mark.parametrize("key", ["labels", "preprocess", "arch", "dataset", "variant"])
+def test_missing_key_is_refused(key):
+    meta = make_contract().to_metadata()
+    del meta[key]
+    with pytest.raises(ContractError, match=key):
+        Contract.from_metadata(meta)
+
+
+def test_no_contract_at_all():
+    with pytest.raises(ContractError, match="contract_version"):
+        Contract.from_metadata({"producer": "someone else"})
+
+
+def test_unknown_version_is_refused_clearly():
+    meta = make_contract().to_metadata()
+    meta["contract_version"] = "2"
+    with pytest.raises(ContractError, match="'2' is not supported.*upgrade"):
+        Contract.from_metadata(meta)
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("labels", "not json", "not valid JSON"),
+        ("labels", '{"a": 1}', "JSON list"),
+        ("labels", "[]", "non-empty"),
+        ("labels", '["a", "a"]', "unique"),
+        ("preprocess", '{"resize": 256}', "malformed"),
+        ("preprocess", json.dumps({"resize": 224, "crop": 256, "mean": [0, 0, 0], "std": [1, 1, 1]}), "must not exceed"),
+        ("preprocess", json.dumps({"resize": 8, "crop": 8, "mean": [0, 0, 0], "std": [1, 0, 1]}), "positive"),
+        ("preprocess", json.dumps({"resize": 8, "crop": 8, "mean": [0, 0, 0], "std": [1, 1, 1], "interpolation": "nearest"}), "bilinear"),
+        ("variant", "int4", "unknown"),
+    ],
+)
+def test_malformed_values_are_refused(key, value, message):
+    meta = make_contract().to_metadata()
+    meta[key] = value
+    with pytest.raises(ContractError, match=message):
+        Contract.from_metadata(meta)
+
+
+def test_contract_is_frozen():
+    contract = make_contract()
+    with pytest.raises(Exception):
+        contract.arch = "other"  # type: ignore[misc]
+    assert contract.with_(variant="int8").variant == "int8" and contract.variant == "fp32"

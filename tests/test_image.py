@@ -1,0 +1,171 @@
+"""The image policy: every Pillow mode becomes RGB the documented way; hostile files are refused."""
+
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime.errors import ImageError
+from runtime.image import MAX_PIXELS, load_image
+
+
+def rgba_image() -> Image.Image:
+    im = Image.new("RGBA", (6, 4), (10, 200, 30, 255))
+    im.putpixel((0, 0), (0, 0, 0, 0))  # fully transparent black -> white
+    im.putpixel((1, 0), (0, 0, 0, 128))  # half transparent black -> mid grey
+    return im
+
+
+MODES = {
+    "1": lambda: Image.new("1", (5, 3), 1),
+    "L": lambda: Image.new("L", (5, 3), 77),
+    "P": lambda: Image.new("RGB", (5, 3), (200, 10, 10)).convert("P"),
+    "RGB": lambda: Image.new("RGB", (5, 3), (1, 2, 3)),
+    "RGBA": rgba_image,
+    "LA": lambda: Image.new("LA", (5, 3), (90, 0)),
+    "PA": lambda: Image.new("PA", (5, 3), (3, 0)),
+    "CMYK": lambda: Image.new("CMYK", (5, 3), (0, 255, 255, 0)),
+    "YCbCr": lambda: Image.new("YCbCr", (5, 3), (128, 128, 128)),
+    "I;16": lambda: Image.fromarray(np.full((3, 5), 32896, np.uint16)),
+    "I": lambda: Image.new("I", (5, 3), 1000),
+    "F": lambda: Image.fromarray(np.full((3, 5), 0.5, np.float32)),
+}
+SAVE_AS = {"CMYK": ".jpg", "YCbCr": ".jpg", "F": ".tiff", "I": ".tiff", "PA": ".png", "LA": ".png"}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_mode_in_memory_becomes_rgb(mode):
+    out = load_image(MODES[mode]())
+    assert out.mode == "RGB" and out.size == MODES[mode]().size
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m not in ("YCbCr", "PA")])
+def test_every_mode_from_file_becomes_rgb(mode, tmp_path):
+    path = tmp_path / f"img{SAVE_AS.get(mode, '.png')}"
+    MODES[mode]().save(path)
+    out = load_image(path)
+    assert out.mode == "RGB" and out.size == (MODES[mode]().size)
+
+
+def test_alpha_is_composited_onto_white(tmp_path):
+    path = tmp_path / "a.png"
+    rgba_image().save(path)
+    out = load_image(path)
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+    assert out.getpixel((1, 0)) in ((127, 127, 127), (128, 128, 128))
+    assert out.getpixel((3, 3)) == (10, 200, 30)
+
+
+def test_palette_with_transparency_is_composited(tmp_path):
+    im = Image.new("P", (4, 4), 0)
+    im.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    im.putpixel((1, 1), 1)
+    path = tmp_path / "p.png"
+    im.save(path, transparency=0)
+    out = load_image(path)
+    assert out.getpixel((0, 0)) == (255, 255, 255) and out.getpixel((1, 1)) == (255, 0, 0)
+
+
+def test_16_bit_is_scaled_not_clamped(tmp_path):
+    values = np.array([[0, 1000, 32896, 65535]], np.uint16)
+    path = tmp_path / "g16.png"
+    Image.fromarray(values).save(path)
+    out = np.asarray(load_image(path))[0, :, 0]
+    assert out.tolist() == [0, 4, 128, 255]  # Pillow's convert("L") would clamp 1000 to 255
+
+
+def test_float_images_are_clipped():
+    im = Image.fromarray(np.array([[-1.0, 0.0, 0.5, 1.0, 7.0]], np.float32))
+    assert np.asarray(load_image(im))[0, :, 0].tolist() == [0, 0, 128, 255, 255]
+
+
+TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(orientation, tmp_path):
+    pixels = np.arange(6 * 4 * 3, dtype=np.uint8).reshape(4, 6, 3) * 3
+    im = Image.fromarray(pixels, "RGB")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.png"
+    im.save(path, exif=exif)
+    expected = im if orientation == 1 else im.transpose(TRANSPOSE[orientation])
+    assert np.array_equal(np.asarray(load_image(path)), np.asarray(expected))
+
+
+def test_animated_gif_uses_first_frame(tmp_path):
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50)
+    assert load_image(path).getpixel((4, 4)) == (255, 0, 0)
+
+
+def png_header_only(path: Path, width: int, height: int) -> None:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_is_refused_fast(tmp_path):
+    path = tmp_path / "bomb.png"
+    png_header_only(path, 30000, 30000)
+    start = time.perf_counter()
+    with pytest.raises(ImageError, match="decompression bomb"):
+        load_image(path)
+    assert time.perf_counter() - start < 1.0
+    assert 30000 * 30000 > MAX_PIXELS
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("empty.jpg", b"", "supported format"),
+        ("notes.txt", b"hello, I am text\n" * 10, "supported format"),
+        ("fake.png", b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 10, "cannot decode|supported format"),
+        ("doc.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "supported format"),
+    ],
+)
+def test_bad_files_give_one_clear_error(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match=message) as info:
+        load_image(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_truncated_jpeg_is_an_error(tmp_path):
+    path = tmp_path / "t.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ImageError, match="cannot decode"):
+        load_image(path)
+
+
+@pytest.mark.parametrize("fmt,suffix", [("TGA", ".tga"), ("PCX", ".pcx"), ("ICO", ".ico")])
+def test_formats_outside_the_allow_list_are_refused(tmp_path, fmt, suffix):
+    path = tmp_path / f"x{suffix}"
+    Image.new("RGB", (16, 16)).save(path, format=fmt)
+    with pytest.raises(ImageError, match="supported format"):
+        load_image(path)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        load_image(tmp_path / "nope.jpg")
+    with pytest.raises(ImageError, match="directory"):
+        load_image(tmp_path)

@@ -1,0 +1,166 @@
+"""onnx-predict and the Predictor API on a tiny exported model."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import ROOT, make_image
+from runtime import Predictor
+from runtime.cli import main
+
+
+def predict(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture()
+def photos(tmp_path) -> Path:
+    rng = np.random.default_rng(5)
+    (tmp_path / "sub").mkdir()
+    make_image(0, (50, 40), rng).save(tmp_path / "a cat.png")
+    make_image(1, (33, 61), rng).save(tmp_path / "sub" / "b_dög.jpg")
+    make_image(2, (32, 32), rng).save(tmp_path / "sub" / "c.bmp")
+    (tmp_path / ".hidden.png").write_bytes(b"not even an image")
+    (tmp_path / "readme.txt").write_text("skipped inside directories: not an image suffix")
+    return tmp_path
+
+
+def test_text_output_one_line_per_image(exported_model, photos):
+    result = predict("-m", exported_model, photos)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(photos / "a cat.png"), str(photos / "sub" / "b_dög.jpg"), str(photos / "sub" / "c.bmp")]
+    for line in lines:
+        label, score = line.split("\t")[1].split()
+        assert label in ("cat", "dog", "owl") and 0 < float(score) <= 1
+
+
+def test_json_lines_with_top_k(exported_model, photos):
+    result = predict("-m", exported_model, "--format", "json", "--top-k", "3", photos / "a cat.png")
+    assert result.exit_code == 0
+    (obj,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert obj["path"] == str(photos / "a cat.png")
+    assert len(obj["top_k"]) == 3 and obj["label"] == obj["top_k"][0]["label"]
+    scores = [t["score"] for t in obj["top_k"]]
+    assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-5
+
+
+def test_csv_rows(exported_model, photos):
+    result = predict("-m", exported_model, "--format", "csv", "--top-k", "2", photos / "sub")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["rank"] for r in rows] == ["1", "2", "1", "2"] and all(r["error"] == "" for r in rows)
+
+
+def test_bad_inputs_are_reported_and_good_ones_still_classified(exported_model, photos, tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.png").write_text("hello")
+    good = photos / "a cat.png"
+    (tmp_path / "trunc.jpg").write_bytes((photos / "sub" / "b_dög.jpg").read_bytes()[:200])
+    args = [tmp_path / "empty.jpg", good, tmp_path / "missing.jpg", tmp_path / "text.png", tmp_path / "trunc.jpg"]
+    result = predict("-m", exported_model, "--format", "json", *args)
+    assert result.exit_code == 1
+    objs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o["path"] for o in objs] == [str(a) for a in args]  # input order kept
+    assert "label" in objs[1] and all("error" in o for i, o in enumerate(objs) if i != 1)
+    assert all("\n" not in o.get("error", "") for o in objs)
+    text = predict("-m", exported_model, *args)
+    assert text.exit_code == 1 and len(text.stdout.splitlines()) == 1
+    errors = [line for line in text.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 4 and "Traceback" not in text.stderr
+
+
+def test_glob_and_odd_file_names(exported_model, tmp_path):
+    name = "new\nline \u00e9\u00e8.png"
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(tmp_path / name)
+    result = predict("-m", exported_model, "--format", "json", str(tmp_path / "*.png"))
+    assert result.exit_code == 0
+    (obj,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert obj["path"] == str(tmp_path / name)
+    text = predict("-m", exported_model, str(tmp_path / "*.png"))
+    assert len(text.stdout.splitlines()) == 1 and "\\n" in text.stdout
+
+
+def test_eval_reports_accuracy(exported_model, tiny_folder):
+    result = predict("-m", exported_model, "--eval", tiny_folder / "test", "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["n"] == 12 and 0 <= report["top1"] <= report["top5"] <= 1
+    assert set(report["per_class"]) == {"cat", "dog", "owl"}
+
+
+def test_eval_matches_predictor(exported_model, tiny_folder):
+    p = Predictor(exported_model)
+    files = sorted((tiny_folder / "test").glob("*/*.png"))
+    preds = p.predict(files, top_k=1)
+    expected = np.mean([pred.label == f.parent.name for pred, f in zip(preds, files)])
+    report = json.loads(predict("-m", exported_model, "--eval", tiny_folder / "test", "--format", "json").stdout)
+    assert report["top1"] == pytest.approx(expected)
+
+
+def test_eval_refuses_unknown_class_folders(exported_model, tmp_path):
+    for name in ("cat", "zebra", "yak"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "x.png")
+    result = predict("-m", exported_model, "--eval", tmp_path)
+    assert result.exit_code == 3
+    assert "yak, zebra" in result.stderr and "not labels" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (None, "not found"),
+        (b"", "empty"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n", "git-lfs"),
+        (os.urandom(4096), "not a valid ONNX model"),
+    ],
+)
+def test_bad_model_exits_3_before_reading_images(tmp_path, photos, content, message):
+    model = tmp_path / "m.onnx"
+    if content is not None:
+        model.write_bytes(content)
+    result = predict("-m", model, photos)
+    assert result.exit_code == 3 and message in result.stderr
+    assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_truncated_model_exits_3(exported_model, tmp_path, photos):
+    model = tmp_path / "t.onnx"
+    model.write_bytes(exported_model.read_bytes()[:100_000])
+    result = predict("-m", model, photos)
+    assert result.exit_code == 3 and "not a valid ONNX model" in result.stderr
+
+
+def test_usage_errors_exit_2(exported_model):
+    assert predict("-m", exported_model).exit_code == 2
+    assert predict("-m", exported_model, "--top-k", "0", "x.jpg").exit_code == 2
+    assert predict("-m", exported_model, "--format", "xml", "x.jpg").exit_code == 2
+
+
+def test_predictor_api(exported_model, photos):
+    p = Predictor(exported_model, threads=1)
+    assert p.contract.labels == ("cat", "dog", "owl") and p.contract.variant == "fp32"
+    x = p.preprocess(photos / "a cat.png")
+    assert x.shape == (3, 32, 32) and x.dtype == np.float32
+    from_path, from_pil, from_array = p.predict(
+        [photos / "a cat.png", Image.open(photos / "a cat.png"), x], top_k=2
+    )
+    assert from_path == from_pil == from_array and len(from_path.top_k) == 2
+
+
+def test_output_into_closed_pipe_has_no_traceback(exported_model, photos):
+    many = [str(photos / "a cat.png")] * 200
+    proc = subprocess.run(
+        f"{sys.executable} -m runtime.cli -m {exported_model} {' '.join(repr(m) for m in many)} | head -1",
+        shell=True, capture_output=True, text=True, cwd=ROOT,
+    )
+    assert len(proc.stdout.splitlines()) == 1 and "Traceback" not in proc.stderr and "Error" not in proc.stderr

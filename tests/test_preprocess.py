@@ -1,0 +1,70 @@
+"""The runtime's numpy/Pillow preprocessing equals torchvision's eval transform (<= 1e-6)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import SHARED_DATA, needs_shared_data
+from runtime.contract import Preprocess
+from runtime.image import load_image
+from runtime.preprocess import preprocess, resized_size
+from train.models import ARCHS
+
+TOL = 1e-6
+SPECS = [ARCHS["alexnet"].preprocess, ARCHS["alexnet_cifar"].preprocess, Preprocess(resize=71, crop=64, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4))]
+
+
+def torchvision_eval(spec: Preprocess):
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize(spec.resize), T.CenterCrop(spec.crop), T.ToTensor(), T.Normalize(spec.mean, spec.std)])
+
+
+def assert_matches(image: Image.Image, spec: Preprocess) -> None:
+    ours = preprocess(image, spec)
+    theirs = torchvision_eval(spec)(image).numpy()
+    assert ours.dtype == np.float32 and ours.shape == (3, spec.crop, spec.crop)
+    assert np.abs(ours - theirs).max() <= TOL
+
+
+@needs_shared_data
+@pytest.mark.parametrize("spec", SPECS[:2], ids=["alexnet", "alexnet_cifar"])
+def test_real_photos_match_torchvision(spec):
+    photos = sorted((SHARED_DATA / "flowers" / "train").glob("*/*.jpg"))[::300]
+    photos += sorted((SHARED_DATA / "cifar10" / "test").glob("*/0007.jpg"))
+    assert len(photos) >= 15
+    for path in photos:
+        image = load_image(path)
+        # the photo as it is, and resampled to other sizes and aspect ratios (portrait, wide, tiny)
+        for size in [image.size, (image.width // 3 + 1, image.height), (97, 413), (640, 33), (13, 9)]:
+            assert_matches(image if size == image.size else image.resize(size), spec)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=["alexnet", "alexnet_cifar", "odd"])
+@pytest.mark.parametrize("size", [(1, 1), (1, 300), (300, 1), (7, 5), (224, 224), (256, 256), (513, 257), (255, 256)])
+def test_generated_sizes_match_torchvision(spec, size):
+    rng = np.random.default_rng(sum(size))
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+    assert_matches(image, spec)
+
+
+def test_resized_size_follows_torchvision_arithmetic():
+    # int(size * long / short), shorter side exact, both orientations
+    assert resized_size(500, 375, 256) == (341, 256)
+    assert resized_size(375, 500, 256) == (256, 341)
+    assert resized_size(3, 1000, 256) == (256, 85333)
+
+
+def test_extreme_aspect_ratio_stays_bounded_and_close():
+    spec = SPECS[0]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (5, 40000, 3), dtype=np.uint8), "RGB")
+    ours = preprocess(image, spec)
+    assert ours.shape == (3, 224, 224) and np.isfinite(ours).all()
+    theirs = torchvision_eval(spec)(image).numpy()
+    # bounded-memory path: within one grey level of torchvision
+    assert np.abs(ours - theirs).max() <= 1.01 / 255 / min(spec.std)
+
+
+def test_requires_rgb():
+    with pytest.raises(ValueError, match="RGB"):
+        preprocess(Image.new("L", (10, 10)), SPECS[0])
