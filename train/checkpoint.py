@@ -81,8 +81,10 @@ def load_file(path: Path, *, what: str = "checkpoint") -> Any:
     except ModelError:
         raise
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
-        raise ModelError(f"{path}: refused to load {what}: it needs code execution ({first[:200]})") from None
+        lines = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "global" in line]
+        if lines:  # the pickle names a function or class: loading it would run code
+            raise ModelError(f"{path}: refused to load {what}: it would execute code ({lines[0][:200]})") from None
+        raise ModelError(f"{path}: not a readable {what} (truncated or corrupt pickle data)") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, KeyError, AttributeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"{path}: not a readable {what} (truncated or corrupt: {first[:200]})") from None

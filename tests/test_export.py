@@ -1,0 +1,138 @@
+"""export-onnx: a self-describing single-file model, the parity gate, and refusals."""
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from export.cli import main
+from runtime.contract import Contract
+
+
+def run_export(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_export_writes_self_describing_model_and_report(trained_run, tmp_path, tiny_folder):
+    import onnx
+    import onnxruntime as ort
+
+    out, report = tmp_path / "m.onnx", tmp_path / "parity.json"
+    result = run_export(trained_run / "best.pt", "-o", out, "--report", report, "--verify-dir", tiny_folder / "test")
+    assert result.exit_code == 0, result.output
+    assert "fp32: max |logit diff|" in result.stderr and "PASS" in result.stderr
+    data = json.loads(report.read_text())["fp32"]
+    assert data["max_abs_diff"] <= 1e-4 and data["top1_agreement"] == 1.0 and data["passed"]
+    assert data["n_images"] == 12 and data["top1_onnx"] == data["top1_torch"]
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    assert not any(t.external_data for t in model.graph.initializer)
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value
+    meta = {p.key: p.value for p in model.metadata_props}
+    contract = Contract.from_metadata(meta)
+    ckpt = torch.load(trained_run / "best.pt", weights_only=True)
+    assert contract.labels == ("cat", "dog", "owl") and contract.variant == "fp32"
+    assert contract.preprocess == Contract.from_metadata(ckpt["contract"]).preprocess
+    import hashlib
+
+    assert contract.source_checkpoint_sha256 == hashlib.sha256((trained_run / "best.pt").read_bytes()).hexdigest()
+    session = ort.InferenceSession(str(out))
+    for batch in (1, 5):
+        assert session.run(None, {"input": np.zeros((batch, 3, 32, 32), np.float32)})[0].shape == (batch, 3)
+
+
+def test_existing_output_needs_force(trained_run, tmp_path):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"precious")
+    result = run_export(trained_run / "best.pt", "-o", out)
+    assert result.exit_code == 2 and "--force" in result.stderr and out.read_bytes() == b"precious"
+    assert run_export(trained_run / "best.pt", "-o", out, "--force").exit_code == 0
+    assert out.stat().st_size > 1000
+
+
+def test_failed_parity_gate_writes_nothing(trained_run, tmp_path, monkeypatch):
+    import export.parity
+
+    monkeypatch.setattr(export.parity, "FP32_MAX_ABS_DIFF", -1.0)
+    out, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    result = run_export(trained_run / "best.pt", "-o", out, "--report", report)
+    assert result.exit_code == 3 and "parity gate failed" in result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".m.onnx*"))
+    assert json.loads(report.read_text())["fp32"]["passed"] is False
+
+
+class Boom:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def bad_checkpoint(kind, tmp_path, trained_run):
+    path = tmp_path / "bad.pt"
+    good = trained_run / "best.pt"
+    if kind == "truncated":
+        path.write_bytes(good.read_bytes()[:5000])
+    elif kind == "random":
+        path.write_bytes(os.urandom(3000))
+    elif kind == "lfs":
+        path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n")
+    elif kind == "state-dict-only":
+        torch.save(torch.load(good, weights_only=True)["model"], path)
+    elif kind == "nan":
+        ckpt = torch.load(good, weights_only=True)
+        ckpt["model"]["features.0.weight"][0, 0, 0, 0] = float("nan")
+        torch.save(ckpt, path)
+    elif kind == "classes":
+        ckpt = torch.load(good, weights_only=True)
+        ckpt["contract"]["labels"] = json.dumps(["a", "b", "c", "d"])
+        torch.save(ckpt, path)
+    elif kind == "malicious":
+        boom = Boom()
+        boom.marker = tmp_path / "pwned"
+        Boom.marker = boom.marker
+        with open(path, "wb") as f:
+            torch.save({"model": boom}, f, _use_new_zipfile_serialization=True, pickle_module=pickle)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("truncated", "truncated or corrupt"),
+        ("random", "truncated or corrupt"),
+        ("lfs", "git-lfs"),
+        ("state-dict-only", "not an alexnet-onnx checkpoint"),
+        ("nan", "NaN"),
+        ("classes", "do not fit"),
+        ("malicious", "refused"),
+    ],
+)
+def test_bad_checkpoints_exit_3_with_one_line(kind, message, tmp_path, trained_run):
+    path = bad_checkpoint(kind, tmp_path, trained_run)
+    result = run_export(path, "-o", tmp_path / "m.onnx")
+    assert result.exit_code == 3, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "pwned").exists()
+
+
+def test_missing_checkpoint(tmp_path):
+    result = run_export(tmp_path / "nope.pt", "-o", tmp_path / "m.onnx")
+    assert result.exit_code == 3 and "not found" in result.stderr
+
+
+def test_alexnet_224_exports_with_parity(tmp_path, tiny_folder):
+    from train.config import TrainConfig
+    from train.loop import train
+
+    cfg = TrainConfig(dataset="folder", data_dir=str(tiny_folder), arch="alexnet", epochs=1, batch_size=8,
+                      limit_train=6, val_fraction=0.1, out=str(tmp_path / "run"), lr=0.001)
+    train(cfg, log=lambda m: None, stop_after_epoch=1)
+    report = tmp_path / "r.json"
+    result = run_export(tmp_path / "run" / "best.pt", "-o", tmp_path / "a.onnx", "--report", report, "--verify-size", 8)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())["fp32"]
+    assert data["max_abs_diff"] <= 1e-4 and data["top1_agreement"] == 1.0 and data["n_images"] > 0
