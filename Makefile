@@ -34,8 +34,10 @@ demo: install
 	$(BIN)/onnx-predict -m $(DEMO_OUT)/model.onnx --eval "$$(cat $(DEMO_OUT)/test-images/root.txt)"
 	@echo "artifacts: $(DEMO_OUT)/ (best.pt last.pt metrics.json curves.png model.onnx parity.json)"
 
+# Needs `make demo` first (uses its checkpoint and model).
 bench: install
-	$(BIN)/python benchmarks/predict_cold_start.py
+	$(BIN)/python benchmarks/predict_cold_start.py --checkpoint $(DEMO_OUT)/best.pt \
+		--model $(DEMO_OUT)/model.onnx --image "$$(head -1 $(DEMO_OUT)/test-images/samples.txt)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info
