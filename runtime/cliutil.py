@@ -10,7 +10,7 @@ from typing import Callable, NoReturn, TypeVar
 
 import click
 
-from .errors import EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, AlexnetOnnxError
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, AlexnetOnnxError
 
 T = TypeVar("T")
 
@@ -42,4 +42,9 @@ def run(fn: Callable[[], int | None], *, debug: bool) -> NoReturn:
             traceback.print_exc()
         where = f"{exc.filename}: " if exc.filename else ""
         fail(f"{where}{exc.strerror or exc}", EXIT_IO)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        fail(f"unexpected {type(exc).__name__}: {first} (a bug: rerun with --debug and report the traceback)", EXIT_INTERNAL)
     sys.exit(code)

@@ -9,6 +9,7 @@ EXIT_INVALID = 3
 EXIT_IO = 4
 EXIT_DIVERGED = 5
 EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70  # a bug: please report it with the --debug traceback
 
 
 class AlexnetOnnxError(Exception):

@@ -30,6 +30,7 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
