@@ -22,7 +22,7 @@ _COLUMNS = [
 ]
 
 
-def latency_ms(data: bytes, crop: int, batch: int, budget_s: float = 1.5) -> float:
+def latency_ms(data: bytes, crop: int, batch: int, budget_s: float = 0.5) -> float:
     """Median milliseconds per run at `batch`, all cores, after warm-up."""
     import onnxruntime as ort
 

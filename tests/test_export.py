@@ -61,7 +61,7 @@ def test_failed_parity_gate_writes_nothing(trained_run, tmp_path, monkeypatch):
     monkeypatch.setattr(export.parity, "FP32_MAX_ABS_DIFF", -1.0)
     out, report = tmp_path / "m.onnx", tmp_path / "r.json"
     result = run_export(trained_run / "best.pt", "-o", out, "--report", report)
-    assert result.exit_code == 3 and "parity gate failed" in result.stderr
+    assert result.exit_code == 3 and "fp32 failed the gate" in result.stderr
     assert not out.exists() and not list(tmp_path.glob(".m.onnx*"))
     assert json.loads(report.read_text())["fp32"]["passed"] is False
 

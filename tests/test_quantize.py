@@ -1,0 +1,119 @@
+"""Quantized variants: int8 (static, calibrated) and fp16 from the CLI, their gate and report."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from export.cli import main
+from export.parity import VerifySet, compare
+from runtime import Predictor
+
+
+def run_export(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_quantize_all_writes_every_variant_with_contract(trained_run, tiny_folder, tmp_path):
+    out, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    result = run_export(trained_run / "best.pt", "-o", out, "--quantize", "all", "--report", report,
+                        "--verify-dir", tiny_folder / "test", "--calib-dir", tiny_folder / "train", "--calib-size", 24)
+    assert result.exit_code == 0, result.output
+    paths = {"fp32": out, "int8": tmp_path / "m.int8.onnx", "fp16": tmp_path / "m.fp16.onnx"}
+    data = json.loads(report.read_text())
+    fp32 = Predictor(out)
+    images = sorted((tiny_folder / "test").glob("*/*.png"))
+    reference = [p.label for p in fp32.predict(images)]
+    for variant, path in paths.items():
+        row = data[variant]
+        assert row["passed"] and row["written_to"] == str(path)
+        assert row["latency_b1_ms"] > 0 and row["latency_b32_ms"] > 0 and row["size_mb"] > 0
+        assert 0 <= row["top1_agreement"] <= 1 and row["n_images"] == 12
+        p = Predictor(path)
+        assert p.contract.variant == variant and p.contract.labels == fp32.contract.labels
+        assert p.contract.preprocess == fp32.contract.preprocess
+        labels = [x.label for x in p.predict(images)]
+        assert np.mean([a == b for a, b in zip(labels, reference)]) >= 0.9
+    assert data["int8"]["size_mb"] < data["fp32"]["size_mb"] / 3  # int8 weights
+    assert data["fp16"]["size_mb"] < data["fp32"]["size_mb"] * 0.6
+    table = (tmp_path / "m.report.md").read_text()
+    assert "| int8 |" in table and "| fp16 |" in table and "latency" in table
+    assert "b1 ms" in result.stderr  # the table is printed
+
+
+def test_int8_graph_is_quantized_qdq(trained_run, tiny_folder, tmp_path):
+    import onnx
+
+    out = tmp_path / "q.onnx"
+    result = run_export(trained_run / "best.pt", "-o", out, "--quantize", "int8", "--calib-dir", tiny_folder / "train",
+                        "--calib-size", 8, "--calib-method", "percentile", "--verify-dir", tiny_folder / "test")
+    assert result.exit_code == 0, result.output
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def broken_int8(fp32: bytes, calibration, method="minmax") -> bytes:
+    """Stands in for a quantizer that ruins the model: every input gets class 0."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load_from_string(fp32)
+    last = [t for t in model.graph.initializer if t.dims and len(t.dims) == 1 and t.dims[0] == 3][-1]
+    bias = numpy_helper.to_array(last).copy()
+    bias[0] += 1e4
+    last.CopyFrom(numpy_helper.from_array(bias, last.name))
+    return model.SerializeToString()
+
+
+def test_variant_over_max_drop_is_refused_and_not_written(trained_run, tiny_folder, tmp_path, monkeypatch):
+    import export.quantize
+
+    monkeypatch.setattr(export.quantize, "quantize_int8", broken_int8)
+    out = tmp_path / "m.onnx"
+    args = [trained_run / "best.pt", "-o", out, "--quantize", "int8", "--calib-dir", tiny_folder / "train",
+            "--verify-dir", tiny_folder / "test"]
+    result = run_export(*args)
+    assert result.exit_code == 3 and "int8 failed the gate" in result.stderr and "--max-drop" in result.stderr
+    assert not out.exists()
+    accepted = run_export(*args, "--max-drop", "100")
+    assert accepted.exit_code == 0 and out.exists()
+
+
+def test_quantize_all_keeps_the_passing_variants(trained_run, tiny_folder, tmp_path, monkeypatch):
+    import export.quantize
+
+    monkeypatch.setattr(export.quantize, "quantize_int8", broken_int8)
+    out = tmp_path / "m.onnx"
+    result = run_export(trained_run / "best.pt", "-o", out, "--quantize", "all", "--calib-dir", tiny_folder / "train",
+                        "--verify-dir", tiny_folder / "test")
+    assert result.exit_code == 3
+    assert out.exists() and (tmp_path / "m.fp16.onnx").exists() and not (tmp_path / "m.int8.onnx").exists()
+
+
+def test_int8_without_calibration_images_says_so(trained_run, tmp_path):
+    ckpt = torch.load(trained_run / "best.pt", weights_only=True)
+    ckpt["config"]["data_dir"] = str(tmp_path / "gone")
+    torch.save(ckpt, tmp_path / "moved.pt")
+    result = run_export(tmp_path / "moved.pt", "-o", tmp_path / "m.onnx", "--quantize", "int8")
+    assert result.exit_code == 3 and "--calib-dir" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "ref_correct,cand_correct,max_drop,passed",
+    [(10, 10, 1.0, True), (10, 9, 1.0, False), (10, 9, 10.0, True), (9, 10, 0.0, True)],
+)
+def test_reduced_precision_gate(ref_correct, cand_correct, max_drop, passed):
+    labels = np.zeros(10, np.int64)
+    def logits(correct):
+        z = np.zeros((10, 2), np.float32)
+        z[:correct, 0] = 1
+        z[correct:, 1] = 1
+        return z
+    verify = VerifySet(np.zeros((0, 3, 4, 4), np.float32), np.zeros((10, 3, 4, 4), np.float32), labels, "test")
+    empty = np.zeros((0, 2), np.float32)
+    report = compare("int8", {"random": empty, "images": logits(ref_correct)},
+                     {"random": empty, "images": logits(cand_correct)}, verify, max_drop)
+    assert report.passed is passed
+    assert report.top1_drop_pp == pytest.approx(10.0 * (ref_correct - cand_correct))
