@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -105,3 +106,40 @@ def _no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     os.environ.setdefault("NO_PROXY", "*")
+
+
+class Boom:
+    """Unpickling this runs a shell command; a safe loader must refuse it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def bad_checkpoint(kind: str, tmp_path: Path, trained_run: Path) -> Path:
+    """A hostile or wrong variant of the tiny run's best.pt."""
+    import torch
+
+    path = tmp_path / "bad.pt"
+    good = trained_run / "best.pt"
+    if kind == "truncated":
+        path.write_bytes(good.read_bytes()[:5000])
+    elif kind == "random":
+        path.write_bytes(os.urandom(3000))
+    elif kind == "lfs":
+        path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n")
+    elif kind == "state-dict-only":
+        torch.save(torch.load(good, weights_only=True)["model"], path)
+    elif kind == "nan":
+        ckpt = torch.load(good, weights_only=True)
+        ckpt["model"]["features.0.weight"][0, 0, 0, 0] = float("nan")
+        torch.save(ckpt, path)
+    elif kind == "classes":
+        ckpt = torch.load(good, weights_only=True)
+        ckpt["contract"]["labels"] = json.dumps(["a", "b", "c", "d"])
+        torch.save(ckpt, path)
+    elif kind == "malicious":
+        torch.save({"model": Boom(tmp_path / "pwned")}, path, pickle_module=pickle)
+    return path

@@ -1,14 +1,12 @@
 """export-onnx: a self-describing single-file model, the parity gate, and refusals."""
 
 import json
-import os
-import pickle
-
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import bad_checkpoint
 from export.cli import main
 from runtime.contract import Contract
 
@@ -64,39 +62,6 @@ def test_failed_parity_gate_writes_nothing(trained_run, tmp_path, monkeypatch):
     assert result.exit_code == 3 and "fp32 failed the gate" in result.stderr
     assert not out.exists() and not list(tmp_path.glob(".m.onnx*"))
     assert json.loads(report.read_text())["fp32"]["passed"] is False
-
-
-class Boom:
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def bad_checkpoint(kind, tmp_path, trained_run):
-    path = tmp_path / "bad.pt"
-    good = trained_run / "best.pt"
-    if kind == "truncated":
-        path.write_bytes(good.read_bytes()[:5000])
-    elif kind == "random":
-        path.write_bytes(os.urandom(3000))
-    elif kind == "lfs":
-        path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n")
-    elif kind == "state-dict-only":
-        torch.save(torch.load(good, weights_only=True)["model"], path)
-    elif kind == "nan":
-        ckpt = torch.load(good, weights_only=True)
-        ckpt["model"]["features.0.weight"][0, 0, 0, 0] = float("nan")
-        torch.save(ckpt, path)
-    elif kind == "classes":
-        ckpt = torch.load(good, weights_only=True)
-        ckpt["contract"]["labels"] = json.dumps(["a", "b", "c", "d"])
-        torch.save(ckpt, path)
-    elif kind == "malicious":
-        boom = Boom()
-        boom.marker = tmp_path / "pwned"
-        Boom.marker = boom.marker
-        with open(path, "wb") as f:
-            torch.save({"model": boom}, f, _use_new_zipfile_serialization=True, pickle_module=pickle)
-    return path
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,15 @@ Keys: `model`, `optimizer`, `scheduler`, `epoch` (epochs completed), `config` (p
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import glob
 import hashlib
 import io
 import os
 import pickle
+import signal
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -26,11 +30,40 @@ _LFS_MAGIC = b"version https://git-lfs"
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write via a temp file in the same directory, fsync, then os.replace: a crash at any moment
-    leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
+    leaves either the old file or the new one, never a torn one. SIGINT/SIGTERM are held back
+    until the write is complete, so an interrupted run still finishes the save it was in."""
+    with _signals_deferred():
+        _atomic_write(Path(path), write)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT/SIGTERM in a Python handler (Python runs handlers in the main thread, whatever
+    thread the OS picked) and re-deliver them to the previous handlers afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if received:
+            handler = previous[received[0]]
+            if callable(handler):
+                handler(received[0], None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), received[0])
+
+
+def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):  # left by a killed writer
+            stale.unlink(missing_ok=True)
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
@@ -60,7 +93,11 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda f: torch.save(state, f))
+    # Serialize in memory first: torch's zip writer turns a failed write (full disk) into an
+    # opaque RuntimeError, while a plain write raises OSError with errno ENOSPC/EFBIG.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def clean_temp_files(directory: Path) -> None:

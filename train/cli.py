@@ -74,7 +74,10 @@ def main(debug: bool, resume: bool, lr: Optional[float], workers: Optional[int],
         try:
             metrics = train(cfg, resume=resume)
         except KeyboardInterrupt:
-            fail(f"interrupted; {cfg.out}/last.pt holds the last finished epoch (continue with --resume)", EXIT_INTERRUPTED)
+            last = Path(cfg.out) / "last.pt"
+            if last.exists():
+                fail(f"interrupted; {last} holds the last finished epoch (continue with --resume)", EXIT_INTERRUPTED)
+            fail("interrupted before the first epoch finished; nothing to resume", EXIT_INTERRUPTED)
         best = metrics.get("best_val_top1")
         test = metrics.get("test_top1")
         click.echo(f"done: best val top-1 {best:.4f}" + (f", test top-1 {test:.4f}" if test is not None else "")

@@ -130,7 +130,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Log = log_stderr, stop
     prepare_out(out)
     ckpt = _resume_state(out, cfg) if resume else None
     if ckpt is not None:
+        asked = cfg
         cfg = TrainConfig.from_dict({**ckpt["config"], "out": cfg.out, "device": cfg.device, "workers": cfg.workers})
+        changed = [k for k in ("epochs", "batch_size", "lr", "limit_train", "seed") if getattr(asked, k) != getattr(cfg, k)]
+        if changed:
+            log(f"note: --resume continues with the run's saved settings ({', '.join(f'{k}={getattr(cfg, k)}' for k in changed)})")
         if int(ckpt["epoch"]) >= cfg.epochs:
             log(f"{out / 'last.pt'}: this run already finished ({cfg.epochs} epochs); nothing to do")
             metrics_file = out / "metrics.json"
@@ -158,14 +162,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Log = log_stderr, stop
     val_loader = _eval_loader(splits.val, spec, cfg.batch_size, workers)
     log(f"{cfg.arch} on {cfg.dataset}: {len(splits.train)} train / {len(splits.val) if splits.val else 0} val "
         f"({splits.val_name}) / {len(splits.test) if splits.test else 0} test images, {len(splits.classes)} classes, {device}")
-    bad_images = sum(h.get("bad_images", 0) for h in history)
     for epoch in range(start, cfg.epochs):
         generator = seed_epoch(cfg.seed, epoch)
         loader = make_loader(splits.train, train_transform(cfg.arch, spec), generator=generator, **train_loader_args)
         row = _train_epoch(model, loader, optimizer, scheduler, device, epoch, cfg, out)
-        bad_images += row["bad_images"]
-        if bad_images > cfg.max_bad_images:
-            raise DataError(f"{cfg.data_dir}: {bad_images} unreadable images (more than --max-bad-images {cfg.max_bad_images})")
+        if row["bad_images"] > cfg.max_bad_images:
+            raise DataError(f"{cfg.data_dir}: {row['bad_images']} unreadable images in the training split (more than "
+                            f"--max-bad-images {cfg.max_bad_images}); fix or remove them, or raise the limit")
         if val_loader is not None:
             row["val_loss"], row["val_top1"], _ = evaluate(model, val_loader, device)
         history.append(row)
@@ -202,6 +205,9 @@ def _restore(ckpt: dict, model: nn.Module, optimizer, scheduler, out: Path) -> N
         scheduler.load_state_dict(ckpt["scheduler"])
     except (RuntimeError, KeyError, ValueError) as exc:
         raise ModelError(f"{out / 'last.pt'}: does not match this model ({str(exc).splitlines()[0][:200]})") from None
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ModelError(f"{out / 'last.pt'}: weights contain NaN/inf ({', '.join(bad[:3])}); cannot resume from it")
     rng = ckpt.get("rng", {})
     if "torch" in rng:
         torch.set_rng_state(rng["torch"])
@@ -270,13 +276,14 @@ def _state(model, optimizer, scheduler, epoch: int, cfg: TrainConfig, contract: 
 
 def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
     val = f" val loss {row['val_loss']:.3f} val top-1 {row['val_top1']:.4f}" if "val_top1" in row else ""
+    bad = f" | skipped {row['bad_images']} unreadable images" if row.get("bad_images") else ""
     return (f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.3f} top-1 {row['train_top1']:.4f}{val} "
-            f"| {row['img_per_s']:.0f} img/s {row['seconds']:.1f}s{' *' if improved else ''}")
+            f"| {row['img_per_s']:.0f} img/s {row['seconds']:.1f}s{bad}{' *' if improved else ''}")
 
 
 def _write_metrics(out: Path, cfg: TrainConfig, history, best: float, splits: Splits, **extra) -> dict[str, Any]:
     metrics = {"best_val_top1": best, "val_split": splits.val_name, "epochs": cfg.epochs, "history": history,
-               "train_images": len(splits.train), "bad_images": sum(h.get("bad_images", 0) for h in history),
+               "train_images": len(splits.train), "bad_images": max((h.get("bad_images", 0) for h in history), default=0),
                "wall_seconds": sum(h["seconds"] for h in history), **extra}
     atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
     from .plots import plot_curves

@@ -1,0 +1,177 @@
+"""Nothing lost: signals, kills inside saves, full disks, hostile checkpoints and bad data."""
+
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import bad_checkpoint, make_image_folder
+from test_image import png_header_only
+from train.cli import main as train_main
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("small")
+    make_image_folder(root / "train", ["a", "b"], per_class=8, size=(32, 32), seed=3)
+    return root
+
+
+def train_cmd(data: Path, out: Path, epochs: int, *extra) -> list[str]:
+    return [str(BIN / "train-alexnet"), "--dataset", "folder", "--data-dir", str(data), "--arch", "alexnet_cifar",
+            "--epochs", str(epochs), "--batch-size", "8", "--lr", "0.01", "--val-fraction", "0.25", "--out", str(out), *extra]
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_exits_130_and_run_resumes(small_data, tmp_path, sig):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(train_cmd(small_data, out, 4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(out / "last.pt", proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    epoch = torch.load(out / "last.pt", weights_only=True)["epoch"]
+    assert 1 <= epoch < 4
+    resumed = subprocess.run(train_cmd(small_data, out, 4, "--resume"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"after epoch {epoch}/4" in resumed.stderr
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 4
+
+
+def test_sigkill_at_random_moments_leaves_a_loadable_checkpoint(small_data, tmp_path):
+    out, rng = tmp_path / "out", random.Random(1234)
+    trials, inside_save = 5, 0
+    for trial in range(trials):
+        cmd = train_cmd(small_data, out, 8, *(["--resume"] if (out / "last.pt").exists() else []))
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for(out / "last.pt", proc) if trial == 0 else time.sleep(2.5)
+        time.sleep(rng.uniform(0.0, 1.5))
+        inside_save += any(out.glob(".*.tmp-*"))
+        proc.kill()
+        proc.wait()
+        for name in ("last.pt", "best.pt"):
+            if (out / name).exists():
+                ckpt = torch.load(out / name, weights_only=True)
+                assert {"model", "optimizer", "epoch", "contract"} <= set(ckpt)
+    print(f"\nSIGKILL trials: {trials}, killed while a temp file existed: {inside_save}")
+    # the next run cleans what the killed ones left and carries on
+    proc = subprocess.run(train_cmd(small_data, out, 8, "--resume"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not list(out.glob(".*.tmp-*"))
+
+
+def limited_file_size(limit: int):
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_full_disk_during_save_exits_4_and_keeps_previous_checkpoint(small_data, tmp_path):
+    out = tmp_path / "out"
+    first = subprocess.run(train_cmd(small_data, out, 1), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    before = (out / "last.pt").read_bytes()
+    cfg = torch.load(out / "last.pt", weights_only=True)["config"]
+    cfg["epochs"] = 2  # pretend the run was meant to be longer, so --resume trains and saves again
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    ckpt["config"] = cfg
+    torch.save(ckpt, out / "last.pt")
+    before = (out / "last.pt").read_bytes()
+    proc = subprocess.run(train_cmd(small_data, out, 2, "--resume"), capture_output=True, text=True,
+                          preexec_fn=limited_file_size(1_000_000))
+    assert proc.returncode == 4, proc.stderr
+    assert "cannot write" in proc.stderr and "unchanged" in proc.stderr and "Traceback" not in proc.stderr
+    assert (out / "last.pt").read_bytes() == before
+    assert not list(out.glob(".*.tmp-*"))
+
+
+def test_full_disk_during_export_exits_4_and_writes_nothing(trained_run, tmp_path):
+    target = tmp_path / "m.onnx"
+    proc = subprocess.run([str(BIN / "export-onnx"), str(trained_run / "best.pt"), "-o", str(target)],
+                          capture_output=True, text=True, preexec_fn=limited_file_size(1_000_000))
+    assert proc.returncode == 4, proc.stderr
+    assert not target.exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random", "lfs", "malicious", "nan", "state-dict-only"])
+def test_resume_from_hostile_or_wrong_checkpoint_exits_3(kind, trained_run, tiny_folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.move(bad_checkpoint(kind, tmp_path, trained_run), out / "last.pt")
+    if kind == "nan":  # a run that is not finished yet, so resuming really loads the weights
+        ckpt = torch.load(out / "last.pt", weights_only=True)
+        ckpt["config"]["epochs"] = 3
+        torch.save(ckpt, out / "last.pt")
+    args = ["--dataset", "folder", "--data-dir", tiny_folder, "--arch", "alexnet_cifar", "--epochs", 3,
+            "--out", out, "--resume"]
+    result = CliRunner().invoke(train_main, [str(a) for a in args])
+    assert result.exit_code == 3, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "last.pt" in result.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_resume_with_other_classes_exits_3(trained_run, tmp_path):
+    data = make_image_folder(tmp_path / "data" / "train", ["x", "y"], 4).parent
+    out = tmp_path / "out"
+    out.mkdir()
+    ckpt = torch.load(trained_run / "last.pt", weights_only=True)
+    ckpt["config"]["epochs"] = 3
+    torch.save(ckpt, out / "last.pt")
+    args = ["--dataset", "folder", "--data-dir", data, "--arch", "alexnet_cifar", "--epochs", 3, "--out", out, "--resume"]
+    result = CliRunner().invoke(train_main, [str(a) for a in args])
+    assert result.exit_code == 3 and "classes" in result.stderr
+
+
+def test_bad_images_in_training_data_are_skipped_and_counted(tmp_path):
+    data = tmp_path / "data"
+    make_image_folder(data / "train", ["a", "b"], per_class=6, size=(32, 32))
+    (data / "train" / "a" / "garbage.jpg").write_bytes(os.urandom(500))
+    (data / "train" / "b" / "empty.png").write_bytes(b"")
+    png_header_only(data / "train" / "b" / "bomb.png", 40000, 40000)
+    good = data / "train" / "a" / "000.png"
+    (data / "train" / "a" / "truncated.png").write_bytes(good.read_bytes()[:60])
+    args = ["--dataset", "folder", "--data-dir", data, "--arch", "alexnet_cifar", "--epochs", 1, "--batch-size", 8,
+            "--val-fraction", "0", "--out", tmp_path / "out"]
+    result = CliRunner().invoke(train_main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "skipped 4 unreadable images" in result.stderr
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["bad_images"] == 4
+    strict = CliRunner().invoke(train_main, [str(a) for a in args] + ["--max-bad-images", "3", "--out", str(tmp_path / "o2")])
+    assert strict.exit_code == 3 and "--max-bad-images 3" in strict.stderr
+
+
+def test_model_with_external_data_is_refused(exported_model, tmp_path):
+    import onnx
+
+    from runtime.cli import main as predict_main
+
+    model = onnx.load(str(exported_model))
+    onnx.save_model(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="weights.bin",
+                    size_threshold=0)
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    result = CliRunner().invoke(predict_main, ["-m", str(tmp_path / "ext.onnx"), str(tmp_path / "x.png")])
+    assert result.exit_code == 3 and "external data" in result.stderr
