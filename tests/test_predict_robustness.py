@@ -1,0 +1,149 @@
+"""onnx-predict against hostile inputs and wrong models; property-based fuzzing of decoding."""
+
+import io
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from runtime import Predictor
+from runtime.cli import main
+from runtime.contract import Preprocess
+from runtime.errors import ImageError
+from runtime.image import load_image
+from runtime.preprocess import preprocess
+from test_image import MODES, SAVE_AS
+
+
+def predict(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_every_mode_file_is_classified(exported_model, tmp_path):
+    paths = []
+    for mode, make in MODES.items():
+        if mode in ("YCbCr", "PA"):  # no file format stores these; covered in memory
+            continue
+        path = tmp_path / f"{mode.replace(';', '_')}{SAVE_AS.get(mode, '.png')}"
+        make().save(path)
+        paths.append(path)
+    for size in [(1, 1), (1, 500), (500, 1), (3, 2)]:
+        path = tmp_path / f"thin_{size[0]}x{size[1]}.png"
+        Image.new("RGB", size, (200, 30, 30)).save(path)
+        paths.append(path)
+    result = predict("-m", exported_model, "--format", "json", *paths)
+    assert result.exit_code == 0, result.output
+    objs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(objs) == len(paths) and all("label" in o for o in objs)
+
+
+def test_directories_with_hidden_files_and_symlink_loops(exported_model, tmp_path):
+    root = tmp_path / "photos"
+    (root / "a" / "b").mkdir(parents=True)
+    Image.new("RGB", (9, 9)).save(root / "a" / "b" / "x.png")
+    Image.new("RGB", (9, 9)).save(root / "a" / "y.jpg")
+    (root / ".cache").mkdir()
+    Image.new("RGB", (9, 9)).save(root / ".cache" / "hidden.png")
+    (root / "a" / ".hidden.png").write_bytes(b"nope")
+    os.symlink(root, root / "a" / "b" / "loop")  # a cycle back to the top
+    os.symlink(root / "a", root / "again")  # a second way into a/
+    result = predict("-m", exported_model, "--format", "json", root)
+    assert result.exit_code == 0, result.output
+    paths = [json.loads(line)["path"] for line in result.stdout.splitlines()]
+    assert paths == [str(root / "a" / "b" / "x.png"), str(root / "a" / "y.jpg")]
+
+
+def model_with(exported_model, tmp_path, edit):
+    import onnx
+
+    model = onnx.load(str(exported_model))
+    edit(model)
+    path = tmp_path / "edited.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def set_meta(model, key, value):
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda m: m.metadata_props.__delitem__(slice(None)), "no alexnet-onnx contract"),
+        (lambda m: set_meta(m, "contract_version", "99"), "not supported"),
+        (lambda m: set_meta(m, "labels", json.dumps(["a", "b"])), "does not match the contract's 2 labels"),
+        (lambda m: set_meta(m, "preprocess", json.dumps({**json.loads(
+            next(p.value for p in m.metadata_props if p.key == "preprocess")), "crop": 24, "resize": 24})),
+         "input shape"),
+    ],
+    ids=["no-contract", "unknown-version", "label-count", "input-shape"],
+)
+def test_wrong_models_exit_3_before_reading_images(exported_model, tmp_path, edit, message):
+    model = model_with(exported_model, tmp_path, edit)
+    result = predict("-m", model, tmp_path / "never-read.jpg")
+    assert result.exit_code == 3 and message in result.stderr and "never-read" not in result.stderr
+
+
+def test_predictor_is_thread_safe(exported_model, tiny_folder):
+    p = Predictor(exported_model)
+    files = sorted((tiny_folder / "test").glob("*/*.png"))
+    expected = p.predict(files, top_k=3)
+    results: list = [None] * 4
+
+    def work(i):
+        results[i] = p.predict(files, top_k=3)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r == expected for r in results)
+
+
+SPEC = Preprocess(resize=36, crop=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(min_size=0, max_size=2048))
+def test_fuzz_random_bytes_never_crash(tmp_path, data):
+    path = tmp_path / "fuzz.bin"
+    path.write_bytes(data)
+    try:
+        image = load_image(path)
+    except ImageError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert preprocess(image, SPEC).shape == (3, 32, 32)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    fmt=st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]),
+    width=st.integers(1, 70),
+    height=st.integers(1, 70),
+    cut=st.floats(0.05, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_fuzz_truncated_real_images(tmp_path, fmt, width, height, cut, seed):
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    data = buffer.getvalue()
+    path = tmp_path / f"img.{fmt.lower()}"
+    path.write_bytes(data[: max(1, int(len(data) * cut))])
+    try:
+        image = load_image(path)
+    except ImageError:
+        return
+    x = preprocess(image, SPEC)
+    assert x.shape == (3, 32, 32) and np.isfinite(x).all()
