@@ -11,6 +11,9 @@ import click
 from .cliutil import debug_option, run
 from .errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 
+# Up to this many plain files, start-up time matters more than per-image speed.
+FEW_IMAGES = 4
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-m", "--model", "model", required=True, type=click.Path(path_type=Path), help="The .onnx model.")
@@ -49,7 +52,8 @@ def main(
             raise UsageError("no PATH given (images, directories or globs), and no --eval DIR")
         from .predictor import Predictor, available_cores
 
-        predictor = Predictor(model, threads=threads)
+        few = eval_dir is None and len(paths) <= FEW_IMAGES and all(p.is_file() for p in paths)
+        predictor = Predictor(model, threads=threads, few_images=few)
         workers = threads or available_cores()
         if eval_dir is not None:
             return _evaluate(predictor, eval_dir, fmt, batch_size, workers)

@@ -51,7 +51,9 @@ def available_cores() -> int:
 
 
 class Predictor:
-    def __init__(self, path: Union[str, os.PathLike], threads: int | None = None) -> None:
+    def __init__(self, path: Union[str, os.PathLike], threads: int | None = None, *, few_images: bool = False) -> None:
+        """`few_images`: tune start-up for a handful of images (weights are not pre-packed, which
+        saves start-up time and memory but makes each run slower)."""
         self.path = Path(path)
         check_model_file(self.path)
         import onnxruntime as ort  # heavy; imported only once a model is actually opened
@@ -60,6 +62,10 @@ class Predictor:
         options.intra_op_num_threads = threads or available_cores()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Idle intra-op threads must not spin: on a small CPU the decode threads need those cycles.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if few_images:
+            options.add_session_config_entry("session.disable_prepacking", "1")
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own pybind types for every failure

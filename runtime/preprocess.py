@@ -8,6 +8,8 @@ It follows torchvision's arithmetic to the letter: the long side becomes
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image
 
@@ -46,13 +48,24 @@ def resize_and_crop(im: Image.Image, spec: Preprocess) -> Image.Image:
     return im.resize((new_w, new_h), Image.Resampling.BILINEAR).crop(box)
 
 
+@functools.lru_cache(maxsize=8)
+def _lookup_table(spec: Preprocess) -> np.ndarray:
+    """(3, 256) float32: the value ToTensor + Normalize give each 8-bit level, per channel,
+    computed with the same float32 operations in the same order, so a lookup is bit-identical."""
+    levels = np.arange(256, dtype=np.float32) / np.float32(255)
+    mean = np.asarray(spec.mean, dtype=np.float32)[:, None]
+    std = np.asarray(spec.std, dtype=np.float32)[:, None]
+    return (levels[None, :] - mean) / std
+
+
 def to_array(im: Image.Image, spec: Preprocess) -> np.ndarray:
     """RGB PIL image -> normalized float32 array (3, H, W)."""
-    chw = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
-    x = chw.astype(np.float32) / np.float32(255)
-    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
-    return np.ascontiguousarray((x - mean) / std)
+    hwc = np.asarray(im, dtype=np.uint8)
+    table = _lookup_table(spec)
+    out = np.empty((3, hwc.shape[0], hwc.shape[1]), dtype=np.float32)
+    for channel in range(3):
+        np.take(table[channel], hwc[:, :, channel], out=out[channel])
+    return out
 
 
 def preprocess(im: Image.Image, spec: Preprocess) -> np.ndarray:
