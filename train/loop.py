@@ -132,9 +132,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Log = log_stderr, stop
     if ckpt is not None:
         asked = cfg
         cfg = TrainConfig.from_dict({**ckpt["config"], "out": cfg.out, "device": cfg.device, "workers": cfg.workers})
-        changed = [k for k in ("epochs", "batch_size", "lr", "limit_train", "seed") if getattr(asked, k) != getattr(cfg, k)]
-        if changed:
-            log(f"note: --resume continues with the run's saved settings ({', '.join(f'{k}={getattr(cfg, k)}' for k in changed)})")
+        if asked.epochs != cfg.epochs:
+            log(f"note: --resume continues the run with its saved settings (--epochs {cfg.epochs}, not {asked.epochs})")
         if int(ckpt["epoch"]) >= cfg.epochs:
             log(f"{out / 'last.pt'}: this run already finished ({cfg.epochs} epochs); nothing to do")
             metrics_file = out / "metrics.json"
