@@ -81,3 +81,7 @@ def main(
         return 0
 
     run(go, debug=debug)
+
+
+if __name__ == "__main__":
+    main()

@@ -31,13 +31,17 @@ def model_from_checkpoint(path: Path) -> tuple[nn.Module, Contract, dict]:
         raise ModelError(f"{path}: config arch {cfg.arch!r} differs from the contract's {contract.arch!r}")
     model = build_model(cfg.arch, contract.num_classes)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt.get("ema") or ckpt["model"])  # the weights validation scored
     except (RuntimeError, TypeError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0][:200]
         raise ModelError(f"{path}: weights do not fit {cfg.arch} with {contract.num_classes} classes ({first})") from None
     bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise ModelError(f"{path}: weights contain NaN/inf ({', '.join(bad[:3])}); export a checkpoint from before divergence")
+    if cfg.tta:
+        from train.evaluation import FlipAverage
+
+        model = FlipAverage(model)
     return model.eval(), contract, ckpt
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Optional
@@ -42,8 +43,22 @@ def _raise_interrupt(signum, frame):
 @click.option("--workers", default=None, type=int, help="DataLoader worker processes [default: 0 on CPU, min(8, cores) on CUDA].")
 @click.option("--max-bad-images", default=100, show_default=True, type=int,
               help="Unreadable images skipped before the run aborts.")
+@click.option("--mixup", default=0.0, show_default=True, type=float, help="Mixup Beta(a, a); 0 = off.")
+@click.option("--cutmix", default=0.0, show_default=True, type=float, help="CutMix Beta(a, a); 0 = off (with both, one per batch).")
+@click.option("--ema", default=0.0, show_default=True, type=float,
+              help="Decay of an EMA of the weights, which validation scores and export ships; 0 = off.")
+@click.option("--tta", is_flag=True, help="Validate, test and export the mean of image and mirror-image logits.")
+@click.option("--freeze", default="none", show_default=True, type=click.Choice(["none", "features", "all-but-head"]),
+              help="Layers kept fixed when fine-tuning alexnet.")
+@click.option("--backbone-lr-mult", type=float,
+              help="Learning-rate factor for everything but the head [default: 0.1 with --pretrained/--weights, else 1].")
+@click.option("--cache", default="auto", show_default=True, type=click.Choice(["auto", "none", "memory"]),
+              help="memory: decode once and augment batches on the device; none: DataLoader each epoch; "
+                   "auto: memory on CUDA, none on CPU.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (CUDA only).")
 @debug_option
-def main(debug: bool, resume: bool, lr: Optional[float], workers: Optional[int], **options) -> None:
+def main(debug: bool, resume: bool, lr: Optional[float], workers: Optional[int], backbone_lr_mult: Optional[float],
+         compile_: bool, **options) -> None:
     """Train AlexNet on CIFAR-10, flowers or any ImageFolder.
 
     \b
@@ -51,6 +66,9 @@ def main(debug: bool, resume: bool, lr: Optional[float], workers: Optional[int],
       train-alexnet --dataset cifar10 --data-dir data/cifar10 --arch alexnet_cifar --epochs 30
       train-alexnet --dataset flowers --data-dir data/flowers --arch alexnet --pretrained --epochs 10
       train-alexnet --dataset cifar10 --data-dir data/cifar10 --arch alexnet_cifar --epochs 30 --resume
+
+    Under `torchrun --nproc_per_node=N train-alexnet ...` it trains with DDP (gloo on CPU, NCCL
+    on CUDA); --batch-size is the global batch; only rank 0 writes files.
 
     Exit codes: 0 ok, 2 usage, 3 bad data/checkpoint, 4 I/O, 5 diverged, 130 interrupted.
     """
@@ -68,7 +86,9 @@ def main(debug: bool, resume: bool, lr: Optional[float], workers: Optional[int],
         cfg_options = {**options, "data_dir": str(options["data_dir"]), "out": str(options["out"]),
                        "weights": str(options["weights"]) if options["weights"] else None}
         try:
-            cfg = TrainConfig(lr=default_lr if lr is None else lr, workers=workers, **cfg_options)
+            mult = backbone_lr_mult if backbone_lr_mult is not None else (0.1 if fine_tune else 1.0)
+            cfg = TrainConfig(lr=default_lr if lr is None else lr, workers=workers, backbone_lr_mult=mult,
+                              compile=compile_, **cfg_options)
         except TypeError as exc:  # pragma: no cover - option/config drift
             raise UsageError(str(exc)) from None
         try:
@@ -78,6 +98,8 @@ def main(debug: bool, resume: bool, lr: Optional[float], workers: Optional[int],
             if last.exists():
                 fail(f"interrupted; {last} holds the last finished epoch (continue with --resume)", EXIT_INTERRUPTED)
             fail("interrupted before the first epoch finished; nothing to resume", EXIT_INTERRUPTED)
+        if os.environ.get("RANK", "0") != "0":
+            return 0  # under torchrun only rank 0 reports
         best = metrics.get("best_val_top1")
         test = metrics.get("test_top1")
         click.echo(f"done: best val top-1 {best:.4f}" + (f", test top-1 {test:.4f}" if test is not None else "")
@@ -86,3 +108,7 @@ def main(debug: bool, resume: bool, lr: Optional[float], workers: Optional[int],
 
     run(go, debug=debug)
 
+
+
+if __name__ == "__main__":
+    main()

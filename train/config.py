@@ -14,6 +14,8 @@ from .models import ARCHS
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+FREEZE = ("none", "features", "all-but-head")
+CACHES = ("auto", "none", "memory")
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,18 @@ class TrainConfig:
     seed: int = 0
     workers: Optional[int] = None  # None: 0 on CPU, min(8, cores) on CUDA
     max_bad_images: int = 100
+    mixup: float = 0.0  # Beta(a, a) for mixup; 0 = off
+    cutmix: float = 0.0  # Beta(a, a) for cutmix; 0 = off
+    ema: float = 0.0  # decay of an EMA of the weights used for validation/export; 0 = off
+    tta: bool = False  # validate (and export) the mean of image and mirror logits
+    freeze: str = "none"
+    backbone_lr_mult: float = 1.0
+    cache: str = "auto"  # none: DataLoader each epoch; memory: decoded once, augmented on device
+    compile: bool = False
 
     def __post_init__(self) -> None:
-        choices = {"dataset": DATASETS, "arch": tuple(ARCHS), "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES}
+        choices = {"dataset": DATASETS, "arch": tuple(ARCHS), "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES,
+                   "freeze": FREEZE, "cache": CACHES}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise UsageError(f"--{name} {getattr(self, name)!r} is not valid (choose from {', '.join(valid)})")
@@ -59,6 +70,15 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise UsageError(f"--weight-decay must be a non-negative number, got {self.weight_decay}")
+        for name in ("mixup", "cutmix"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise UsageError(f"--{name} must be a non-negative number, got {getattr(self, name)}")
+        if not (math.isfinite(self.ema) and 0 <= self.ema < 1):
+            raise UsageError(f"--ema must be in [0, 1), got {self.ema}")
+        if not (math.isfinite(self.backbone_lr_mult) and self.backbone_lr_mult >= 0):
+            raise UsageError(f"--backbone-lr-mult must be a non-negative number, got {self.backbone_lr_mult}")
+        if self.freeze != "none" and self.arch != "alexnet":
+            raise UsageError("--freeze needs --arch alexnet (with --pretrained or --weights)")
         if self.pretrained and self.weights:
             raise UsageError("give --pretrained or --weights FILE, not both")
         if (self.workers or 0) < 0 or self.max_bad_images < 0:

@@ -143,12 +143,14 @@ def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 
 def make_loader(
-    split: Split, transform: Callable, *, batch_size: int, shuffle: bool, workers: int, generator: Optional[torch.Generator] = None
+    split: Split, transform: Callable, *, batch_size: int, shuffle: bool, workers: int,
+    generator: Optional[torch.Generator] = None, sampler=None,
 ) -> DataLoader:
     return DataLoader(
         ImageDataset(split, transform),
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         num_workers=workers,
         collate_fn=collate_skipping_bad,
         generator=generator,

@@ -1,4 +1,7 @@
-"""The training run: data, model, optimizer, epochs, validation, checkpoints, metrics, plots."""
+"""The training run: data, model, optimizer, epochs, validation, checkpoints, metrics, plots.
+
+Runs as one process, or as one of N under torchrun (DDP; only rank 0 writes files or logs).
+"""
 
 from __future__ import annotations
 
@@ -17,11 +20,15 @@ from runtime.contract import Contract, package_version
 from runtime.errors import DataError, DivergedError, ModelError, StorageError
 from runtime.predictor import available_cores
 
+from . import distributed
 from .checkpoint import atomic_write, clean_temp_files, contract_of, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Splits, eval_transform, load_splits, make_loader, train_transform
+from .evaluation import FlipAverage, autocast, evaluate
 from .models import ARCHS, build_model
+from .optim import apply_freeze, make_optimizer, make_scheduler
 from .progress import Progress
+from .recipes import EMA, mix_batch
 
 Log = Callable[[str], None]
 
@@ -44,12 +51,12 @@ def prepare_out(out: Path) -> None:
     clean_temp_files(out)
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for but no CUDA device is available (use --device auto or cpu)")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    return torch.device(name, local_rank) if name == "cuda" else torch.device(name)
 
 
 def loader_workers(cfg: TrainConfig, device: torch.device) -> int:
@@ -57,56 +64,6 @@ def loader_workers(cfg: TrainConfig, device: torch.device) -> int:
     if cfg.workers is not None:
         return cfg.workers
     return min(8, available_cores()) if device.type == "cuda" else 0
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on norm layers and biases."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    other = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
-
-
-def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-
-
-def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    total = max(1, cfg.epochs * steps)
-    warmup = int(total * cfg.warmup_fraction)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, float, int]:
-    """(mean loss, top-1, images) over a loader."""
-    model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
-    for x, y, _ in loader:
-        if not len(y):
-            continue
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device):
-            logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        n += len(y)
-    return (loss_sum / n if n else float("nan")), (correct / n if n else 0.0), n
-
-
-def autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def rng_state() -> dict[str, Any]:
@@ -124,10 +81,66 @@ def seed_epoch(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+class Data:
+    """Batches for each epoch: the in-memory device store, or DataLoaders decoding every epoch."""
+
+    def __init__(self, splits: Splits, cfg: TrainConfig, device: torch.device, ctx: distributed.Dist) -> None:
+        self.cfg, self.device, self.ctx, self.splits = cfg, device, ctx, splits
+        self.spec = ARCHS[cfg.arch].preprocess
+        self.per_rank = max(1, cfg.batch_size // ctx.world)
+        cache = cfg.cache if cfg.cache != "auto" else ("memory" if device.type == "cuda" else "none")
+        self.memory = cache == "memory"
+        self.workers = loader_workers(cfg, device)
+        self.stores: dict[str, Any] = {}
+        if self.memory:
+            from .store import ImageStore
+
+            for name in ("train", "val", "test"):
+                split = getattr(splits, name)
+                if split is not None:
+                    self.stores[name] = ImageStore(split, self.spec, train=name == "train", device=device)
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.splits.train) / self.ctx.world / self.per_rank)
+
+    def train(self, generator: torch.Generator):
+        if self.memory:
+            return self.stores["train"].batches(self.per_rank, generator, (self.ctx.rank, self.ctx.world))
+        sampler = None
+        if self.ctx.enabled:
+            from torch.utils.data import DistributedSampler
+
+            sampler = DistributedSampler(range(len(self.splits.train)), self.ctx.world, self.ctx.rank, seed=generator.initial_seed())
+        return make_loader(self.splits.train, train_transform(self.cfg.arch, self.spec), batch_size=self.per_rank,
+                           shuffle=sampler is None, workers=self.workers, generator=generator, sampler=sampler)
+
+    def eval(self, name: str):
+        if getattr(self.splits, name) is None:
+            return None
+        if self.memory:
+            return self.stores[name].batches(self.cfg.batch_size * 2)
+        return make_loader(getattr(self.splits, name), eval_transform(self.spec), batch_size=self.cfg.batch_size * 2,
+                           shuffle=False, workers=self.workers)
+
+    def store_bad(self) -> int:
+        return self.stores["train"].bad if self.memory else 0
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, log: Log = log_stderr, stop_after_epoch: Optional[int] = None) -> dict[str, Any]:
     """Run (or resume) training; returns the metrics dict also written to OUT/metrics.json."""
     out = Path(cfg.out)
-    prepare_out(out)
+    device0 = pick_device(cfg.device)
+    ctx = distributed.setup(device0.type)
+    try:
+        return _train(cfg, out, ctx, resume=resume, log=log if ctx.main else (lambda m: None), stop_after_epoch=stop_after_epoch)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: TrainConfig, out: Path, ctx: distributed.Dist, *, resume: bool, log: Log, stop_after_epoch: Optional[int]) -> dict[str, Any]:
+    if ctx.main:
+        prepare_out(out)
+    distributed.barrier(ctx)
     ckpt = _resume_state(out, cfg) if resume else None
     if ckpt is not None:
         asked = cfg
@@ -138,54 +151,84 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Log = log_stderr, stop
             log(f"{out / 'last.pt'}: this run already finished ({cfg.epochs} epochs); nothing to do")
             metrics_file = out / "metrics.json"
             return json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, ctx.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     torch.manual_seed(cfg.seed)
     splits = load_splits(cfg.dataset, Path(cfg.data_dir), val_fraction=cfg.val_fraction, limit_train=cfg.limit_train, seed=cfg.seed)
     spec = ARCHS[cfg.arch].preprocess
     contract = Contract(labels=tuple(splits.classes), preprocess=spec, arch=cfg.arch, dataset=cfg.dataset, created_with=package_version())
     if ckpt is not None and tuple(contract_of(ckpt, out / "last.pt").labels) != contract.labels:
         raise ModelError(f"{out / 'last.pt'}: its classes differ from the data's {list(contract.labels)}; cannot resume")
-    model = build_model(cfg.arch, len(splits.classes), pretrained=cfg.pretrained and ckpt is None,
-                        weights=Path(cfg.weights) if cfg.weights and ckpt is None else None).to(device)
-    workers = loader_workers(cfg, device)
-    train_loader_args = dict(batch_size=cfg.batch_size, shuffle=True, workers=workers)
-    steps = math.ceil(len(splits.train) / cfg.batch_size)
-    optimizer = make_optimizer(cfg, model)
-    scheduler = make_scheduler(cfg, optimizer, steps)
+    fresh = ckpt is None
+    model = build_model(cfg.arch, len(splits.classes), pretrained=cfg.pretrained and fresh,
+                        weights=Path(cfg.weights) if cfg.weights and fresh else None)
+    apply_freeze(model, cfg.freeze)
+    model = model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+    data = Data(splits, cfg, device, ctx)
+    optimizer = make_optimizer(cfg, model, device)
+    scheduler = make_scheduler(cfg, optimizer, data.steps_per_epoch())
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     history: list[dict[str, Any]] = []
     best, start = -1.0, 0
     if ckpt is not None:
-        _restore(ckpt, model, optimizer, scheduler, out)
+        _restore(ckpt, model, optimizer, scheduler, ema, out)
         history, best, start = list(ckpt.get("history", [])), float(ckpt.get("best_val_top1", -1.0)), int(ckpt["epoch"])
         log(f"resuming {out / 'last.pt'} after epoch {start}/{cfg.epochs}")
-    val_loader = _eval_loader(splits.val, spec, cfg.batch_size, workers)
+    step_model = _wrap(model, cfg, device, ctx)
     log(f"{cfg.arch} on {cfg.dataset}: {len(splits.train)} train / {len(splits.val) if splits.val else 0} val "
-        f"({splits.val_name}) / {len(splits.test) if splits.test else 0} test images, {len(splits.classes)} classes, {device}")
+        f"({splits.val_name}) / {len(splits.test) if splits.test else 0} test images, {len(splits.classes)} classes, "
+        f"{device}{f' x{ctx.world} processes' if ctx.enabled else ''}{', in-memory store' if data.memory else ''}")
+    metrics: dict[str, Any] = {}
     for epoch in range(start, cfg.epochs):
         generator = seed_epoch(cfg.seed, epoch)
-        loader = make_loader(splits.train, train_transform(cfg.arch, spec), generator=generator, **train_loader_args)
-        row = _train_epoch(model, loader, optimizer, scheduler, device, epoch, cfg, out)
+        row = _train_epoch(step_model, model, ema, data.train(generator), optimizer, scheduler, device, epoch, cfg, out,
+                           ctx, data.steps_per_epoch(), len(splits.classes), generator)
+        row["bad_images"] += data.store_bad()
         if row["bad_images"] > cfg.max_bad_images:
             raise DataError(f"{cfg.data_dir}: {row['bad_images']} unreadable images in the training split (more than "
                             f"--max-bad-images {cfg.max_bad_images}); fix or remove them, or raise the limit")
-        if val_loader is not None:
-            row["val_loss"], row["val_top1"], _ = evaluate(model, val_loader, device)
+        judged = _judged(model, ema, cfg)
+        val_batches = data.eval("val")
+        if val_batches is not None:
+            result = evaluate(judged, val_batches, device, len(splits.classes))
+            row["val_loss"], row["val_top1"] = result["loss"], result["top1"]
         history.append(row)
-        score = row.get("val_top1", row["train_top1"] if val_loader is None else -1.0)
-        improved = val_loader is None or score > best
+        score = row.get("val_top1", row["train_top1"])
+        improved = val_batches is None or score > best
         best = score if improved else best
         contract = contract.with_(metrics={"val_top1": best, "val_split": splits.val_name})
-        state = _state(model, optimizer, scheduler, epoch + 1, cfg, contract, history, best)
-        save_checkpoint(out / "last.pt", state)
-        if improved:
-            save_checkpoint(out / "best.pt", state)
-        log(_epoch_line(row, cfg.epochs, improved))
-        metrics = _write_metrics(out, cfg, history, best, splits)
+        if ctx.main:
+            state = _state(model, ema, optimizer, scheduler, epoch + 1, cfg, contract, history, best)
+            save_checkpoint(out / "last.pt", state)
+            if improved:
+                save_checkpoint(out / "best.pt", state)
+            log(_epoch_line(row, cfg.epochs, improved))
+            metrics = _write_metrics(out, cfg, history, best, splits)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             return metrics
-    if splits.test is not None:
-        metrics = _test_best(out, cfg, splits, device, history, best, log)
+    distributed.barrier(ctx)
+    if ctx.main:
+        metrics = _finish(out, cfg, splits, data, device, history, best, log)
     return metrics
+
+
+def _wrap(model: nn.Module, cfg: TrainConfig, device: torch.device, ctx: distributed.Dist) -> nn.Module:
+    """What the training step calls: DDP under torchrun, compiled with --compile on CUDA."""
+    wrapped = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile and device.type == "cuda":
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
+def _judged(model: nn.Module, ema: Optional[EMA], cfg: TrainConfig) -> nn.Module:
+    """The model that validation scores and export ships: EMA weights and flip averaging when on."""
+    judged = ema.model if ema is not None else model
+    return FlipAverage(judged) if cfg.tta else judged
 
 
 def _resume_state(out: Path, cfg: TrainConfig) -> dict[str, Any]:
@@ -197,12 +240,14 @@ def _resume_state(out: Path, cfg: TrainConfig) -> dict[str, Any]:
     return ckpt
 
 
-def _restore(ckpt: dict, model: nn.Module, optimizer, scheduler, out: Path) -> None:
+def _restore(ckpt: dict, model: nn.Module, optimizer, scheduler, ema: Optional[EMA], out: Path) -> None:
     try:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-    except (RuntimeError, KeyError, ValueError) as exc:
+        if ema is not None:
+            ema.model.load_state_dict(ckpt.get("ema") or ckpt["model"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise ModelError(f"{out / 'last.pt'}: does not match this model ({str(exc).splitlines()[0][:200]})") from None
     bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
@@ -212,65 +257,56 @@ def _restore(ckpt: dict, model: nn.Module, optimizer, scheduler, out: Path) -> N
         torch.set_rng_state(rng["torch"])
 
 
-def _eval_loader(split, spec, batch_size: int, workers: int):
-    if split is None:
-        return None
-    return make_loader(split, eval_transform(spec), batch_size=batch_size * 2, shuffle=False, workers=workers)
-
-
-def _train_epoch(model, loader, optimizer, scheduler, device, epoch: int, cfg: TrainConfig, out: Path) -> dict[str, Any]:
-    model.train()
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    progress = Progress(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader))
+def _train_epoch(step_model, model, ema, batches, optimizer, scheduler, device, epoch: int, cfg: TrainConfig, out: Path,
+                 ctx: distributed.Dist, steps: int, num_classes: int, generator: torch.Generator) -> dict[str, Any]:
+    step_model.train()
+    progress = Progress(f"epoch {epoch + 1}/{cfg.epochs}", total=steps, enabled=ctx.main)
     loss_sum, correct, n, bad = 0.0, 0, 0, 0
     start = time.perf_counter()
-    for step, (x, y, n_bad) in enumerate(loader):
+    for step, (x, y, n_bad) in enumerate(batches):
         bad += n_bad
         if not len(y):
             continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        x, target = mix_batch(x, y, num_classes, mixup=cfg.mixup, cutmix=cfg.cutmix, smoothing=cfg.label_smoothing,
+                              generator=generator)
         with autocast(device):
-            logits = model(x)
-            loss = criterion(logits.float(), y)
-        value = loss.item()
+            logits = step_model(x)
+            loss = nn.functional.cross_entropy(logits.float(), target)
+        value = distributed.all_sum([loss.item()], ctx)[0] / ctx.world
         if not math.isfinite(value):
             raise DivergedError(
                 f"loss became {value} at epoch {epoch + 1}, step {step + 1}; stopped. {out / 'last.pt'} holds the "
-                f"last good epoch ({epoch}); lower --lr and --resume, or start over"
-            )
+                f"last good epoch ({epoch}); lower --lr and --resume, or start over")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update(model)
         loss_sum += value * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         n += len(y)
-        progress.update(step + 1, f"loss {loss_sum / n:.3f} acc {correct / n:.3f} {n / (time.perf_counter() - start):.0f} img/s")
+        progress.update(step + 1, f"loss {loss_sum / n:.3f} acc {correct / n:.3f} {n * ctx.world / (time.perf_counter() - start):.0f} img/s")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     progress.close()
-    return {
-        "epoch": epoch + 1,
-        "train_loss": loss_sum / max(1, n),
-        "train_top1": correct / max(1, n),
-        "lr": optimizer.param_groups[0]["lr"],
-        "img_per_s": n / seconds if seconds > 0 else 0.0,
-        "seconds": seconds,
-        "bad_images": bad,
-    }
+    loss_sum, correct, n, bad = distributed.all_sum([loss_sum, correct, n, bad], ctx)
+    return {"epoch": epoch + 1, "train_loss": loss_sum / max(1, n), "train_top1": correct / max(1, n),
+            "lr": optimizer.param_groups[-1]["lr"], "img_per_s": n / seconds if seconds > 0 else 0.0,
+            "seconds": seconds, "bad_images": int(bad)}
 
 
-def _state(model, optimizer, scheduler, epoch: int, cfg: TrainConfig, contract: Contract, history, best: float) -> dict[str, Any]:
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "epoch": epoch,
-        "config": cfg.to_dict(),
-        "contract": contract.to_metadata(),
-        "rng": rng_state(),
-        "history": history,
-        "best_val_top1": best,
-    }
+def _state(model, ema, optimizer, scheduler, epoch: int, cfg: TrainConfig, contract: Contract, history, best: float) -> dict[str, Any]:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "epoch": epoch, "config": cfg.to_dict(), "contract": contract.to_metadata(), "rng": rng_state(),
+             "history": history, "best_val_top1": best}
+    if ema is not None:
+        state["ema"] = ema.model.state_dict()
+    return state
 
 
 def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
@@ -291,15 +327,27 @@ def _write_metrics(out: Path, cfg: TrainConfig, history, best: float, splits: Sp
     return metrics
 
 
-def _test_best(out: Path, cfg: TrainConfig, splits: Splits, device, history, best: float, log: Log) -> dict[str, Any]:
-    """Evaluate best.pt once on the test split; record test_top1 in metrics.json and best.pt."""
+def _finish(out: Path, cfg: TrainConfig, splits: Splits, data: Data, device, history, best: float, log: Log) -> dict[str, Any]:
+    """With best.pt: confusion.png on val, then the test split once; test_top1 goes into
+    metrics.json and best.pt's contract."""
+    from .plots import plot_confusion
+
     ckpt = load_checkpoint(out / "best.pt")
     model = build_model(cfg.arch, len(splits.classes)).to(device)
-    model.load_state_dict(ckpt["model"])
-    loader = _eval_loader(splits.test, ARCHS[cfg.arch].preprocess, cfg.batch_size, loader_workers(cfg, device))
-    _, top1, n = evaluate(model, loader, device)
-    log(f"test top-1 of best.pt: {top1:.4f} on {n} images")
-    contract = contract_of(ckpt, out / "best.pt")
-    ckpt["contract"] = contract.with_(metrics={**contract.metrics, "test_top1": top1}).to_metadata()
-    save_checkpoint(out / "best.pt", ckpt)
-    return _write_metrics(out, cfg, history, best, splits, test_top1=top1, test_images=n)
+    model.load_state_dict(ckpt.get("ema") or ckpt["model"])
+    judged = FlipAverage(model) if cfg.tta else model
+    extra: dict[str, Any] = {}
+    for name in ("val", "test"):
+        batches = data.eval(name)
+        if batches is None:
+            continue
+        result = evaluate(judged, batches, device, len(splits.classes))
+        target = out / ("confusion.png" if name == "val" else "confusion_test.png")
+        plot_confusion(result["confusion"], splits.classes, target, f"best.pt on the {name} split")
+        if name == "test":
+            extra = {"test_top1": result["top1"], "test_images": result["n"]}
+            log(f"test top-1 of best.pt: {result['top1']:.4f} on {result['n']} images")
+            contract = contract_of(ckpt, out / "best.pt")
+            ckpt["contract"] = contract.with_(metrics={**contract.metrics, "test_top1": result["top1"]}).to_metadata()
+            save_checkpoint(out / "best.pt", ckpt)
+    return _write_metrics(out, cfg, history, best, splits, **extra)

@@ -7,10 +7,10 @@ import time
 
 
 class Progress:
-    def __init__(self, title: str, total: int, stream=None) -> None:
+    def __init__(self, title: str, total: int, stream=None, enabled: bool = True) -> None:
         self.title, self.total = title, total
         self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
+        self.enabled = enabled and self.stream.isatty()
         self.last = 0.0
 
     def update(self, done: int, status: str = "") -> None:

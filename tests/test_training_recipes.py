@@ -1,0 +1,145 @@
+"""Issue-3 training features on CPU: the in-memory device store, recipes (mixup/cutmix, EMA, TTA),
+freezing and discriminative learning rates, DDP under torchrun with gloo."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from runtime.image import load_image
+from runtime.preprocess import preprocess
+from train.config import TrainConfig
+from train.data import load_splits
+from train.loop import train
+from train.models import ARCHS, build_model
+from train.optim import apply_freeze, param_groups
+from train.recipes import mix_batch
+from train.store import ImageStore
+
+BIN = Path(sys.executable).parent
+
+
+def cfg_for(data: Path, out: Path, **changes) -> TrainConfig:
+    base = dict(dataset="folder", data_dir=str(data), arch="alexnet_cifar", epochs=2, batch_size=16, lr=0.02,
+                out=str(out), val_fraction=0.25, seed=5)
+    return TrainConfig(**{**base, **changes})
+
+
+@pytest.mark.parametrize("arch", ["alexnet_cifar", "alexnet"])
+def test_eval_store_equals_runtime_preprocessing(tiny_folder, arch):
+    spec = ARCHS[arch].preprocess
+    splits = load_splits("folder", tiny_folder, val_fraction=0.25, limit_train=None, seed=0)
+    store = ImageStore(splits.test, spec, train=False, device=torch.device("cpu"))
+    x, y, _ = next(store.batches(64))
+    expected = np.stack([preprocess(load_image(splits.test.source.paths[i]), spec) for i in splits.test.indices])
+    assert x.shape == expected.shape and np.array_equal(x.numpy(), expected)  # bit-identical
+    assert y.tolist() == [splits.test.source.labels[i] for i in splits.test.indices]
+
+
+@pytest.mark.parametrize("arch", ["alexnet_cifar", "alexnet"])
+def test_train_store_augments_whole_batches(tiny_folder, arch):
+    spec = ARCHS[arch].preprocess
+    splits = load_splits("folder", tiny_folder, val_fraction=0.25, limit_train=None, seed=0)
+    store = ImageStore(splits.train, spec, train=True, device=torch.device("cpu"))
+    assert store.images.dtype == torch.uint8 and store.images.shape[-1] == spec.resize
+    a = [x for x, _, _ in store.batches(8, torch.Generator().manual_seed(1))]
+    b = [x for x, _, _ in store.batches(8, torch.Generator().manual_seed(1))]
+    c = [x for x, _, _ in store.batches(8, torch.Generator().manual_seed(2))]
+    assert a[0].shape == (8, 3, spec.crop, spec.crop) and torch.isfinite(a[0]).all()
+    assert all(torch.equal(p, q) for p, q in zip(a, b)) and not torch.equal(a[0], c[0])
+    assert sum(len(x) for x in a) == len(splits.train)
+
+
+def test_mix_batch_targets_are_distributions():
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 4
+    for mixup, cutmix in [(0, 0), (0.4, 0), (0, 1.0), (0.2, 1.0)]:
+        mixed, target = mix_batch(x, y, 4, mixup=mixup, cutmix=cutmix, smoothing=0.1,
+                                  generator=torch.Generator().manual_seed(0))
+        assert mixed.shape == x.shape and target.shape == (8, 4)
+        assert torch.allclose(target.sum(1), torch.ones(8))
+    _, plain = mix_batch(x, y, 4, mixup=0, cutmix=0, smoothing=0.0)
+    assert torch.equal(plain.argmax(1), y) and plain.max() == 1
+
+
+@pytest.mark.parametrize("cache", ["none", "memory"])
+def test_resume_is_exact_for_both_input_pipelines(tiny_folder, tmp_path, cache):
+    full = train(cfg_for(tiny_folder, tmp_path / "full", cache=cache, mixup=0.2, ema=0.9), log=lambda m: None)
+    train(cfg_for(tiny_folder, tmp_path / "split", cache=cache, mixup=0.2, ema=0.9), log=lambda m: None, stop_after_epoch=1)
+    resumed = train(cfg_for(tiny_folder, tmp_path / "split", cache=cache, mixup=0.2, ema=0.9), resume=True, log=lambda m: None)
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
+
+
+def test_ema_and_tta_are_what_gets_validated_and_exported(tiny_folder, tmp_path):
+    import onnxruntime as ort
+
+    from export.pipeline import export_checkpoint
+    from train.evaluation import FlipAverage
+
+    train(cfg_for(tiny_folder, tmp_path / "run", ema=0.8, tta=True, cutmix=1.0, cache="memory"), log=lambda m: None)
+    ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert "ema" in ckpt and any(not torch.equal(ckpt["ema"][k], ckpt["model"][k]) for k in ckpt["model"])
+    assert (tmp_path / "run" / "confusion.png").stat().st_size > 0
+    export_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "m.onnx", log=lambda m: None, measure_speed=False)
+    model = build_model("alexnet_cifar", 3)
+    model.load_state_dict(ckpt["ema"])
+    x = torch.randn(4, 3, 32, 32)
+    expected = FlipAverage(model.eval())(x).detach().numpy()
+    got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"input": x.numpy()})[0]
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_freeze_and_discriminative_learning_rates():
+    model = build_model("alexnet", 4)
+    apply_freeze(model, "features")
+    assert not any(p.requires_grad for p in model.features.parameters())
+    cfg = TrainConfig(dataset="folder", data_dir=".", arch="alexnet", epochs=1, lr=0.01, backbone_lr_mult=0.1,
+                      weight_decay=1e-4, freeze="features")
+    groups = param_groups(model, cfg)
+    head = {id(p) for p in model.classifier[6].parameters()}
+    for group in groups:
+        is_head = all(id(p) in head for p in group["params"])
+        assert group["lr"] == pytest.approx(0.01 if is_head else 0.001)
+        assert group["weight_decay"] == (1e-4 if group["params"][0].ndim > 1 else 0.0)
+    apply_freeze(model, "all-but-head")
+    assert {id(p) for p in model.parameters() if p.requires_grad} == head
+
+
+def test_frozen_features_do_not_change_in_training(tiny_folder, tmp_path, torch_home):
+    from torchvision.models import alexnet
+
+    weights = tmp_path / "w.pth"
+    torch.save(alexnet(weights=None).state_dict(), weights)
+    cfg = cfg_for(tiny_folder, tmp_path / "run", arch="alexnet", weights=str(weights), freeze="features", epochs=1,
+                  limit_train=6, batch_size=6, lr=0.001, backbone_lr_mult=0.1)
+    train(cfg, log=lambda m: None, stop_after_epoch=1)
+    trained = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    start = torch.load(weights, weights_only=True)
+    assert torch.equal(trained["features.0.weight"], start["features.0.weight"])
+    assert not torch.equal(trained["classifier.1.weight"], start["classifier.1.weight"])
+
+
+def test_torchrun_ddp_with_gloo(tiny_folder, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "train.cli",
+         "--dataset", "folder", "--data-dir", str(tiny_folder), "--arch", "alexnet_cifar", "--epochs", "2",
+         "--batch-size", "16", "--limit-train", "24", "--out", str(out)],
+        capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "x2 processes" in proc.stderr and proc.stdout.count("done:") == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2 and metrics["train_images"] == 24
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert ckpt["epoch"] >= 1 and not any(k.startswith("module.") for k in ckpt["model"])
