@@ -14,6 +14,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from runtime.predictor import softmax
+
 FP32_MAX_ABS_DIFF = 1e-4
 DEFAULT_MAX_DROP_PP = 1.0
 RANDOM_INPUTS = 16
@@ -74,11 +76,6 @@ def onnx_logits(session, x: np.ndarray) -> np.ndarray:
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z.astype(np.float64) - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def compare(
     variant: str, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], verify: VerifySet, max_drop_pp: float
 ) -> VariantReport:
@@ -87,7 +84,7 @@ def compare(
     cand = np.concatenate([candidate["random"], candidate["images"]]) if len(verify.images) else candidate["random"]
     max_abs = float(np.abs(ref - cand).max())
     agreement = float((ref.argmax(1) == cand.argmax(1)).mean())
-    soft = float(np.abs(_softmax(ref) - _softmax(cand)).max())
+    soft = float(np.abs(softmax(ref) - softmax(cand)).max())
     top1_ref = top1_cand = drop = None
     if verify.labels is not None and len(verify.labels):
         top1_ref = float((reference["images"].argmax(1) == verify.labels).mean())

@@ -10,7 +10,7 @@ from typing import Callable, NoReturn, TypeVar
 
 import click
 
-from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, AlexnetOnnxError
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, AlexnetOnnxError, first_line
 
 T = TypeVar("T")
 
@@ -45,6 +45,5 @@ def run(fn: Callable[[], int | None], *, debug: bool) -> NoReturn:
     except Exception as exc:
         if debug:
             traceback.print_exc()
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        fail(f"unexpected {type(exc).__name__}: {first} (a bug: rerun with --debug and report the traceback)", EXIT_INTERNAL)
+        fail(f"unexpected {type(exc).__name__}: {first_line(exc, 300)} (a bug: rerun with --debug and report the traceback)", EXIT_INTERNAL)
     sys.exit(code)

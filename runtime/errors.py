@@ -48,3 +48,9 @@ class StorageError(AlexnetOnnxError):
 
 class DivergedError(AlexnetOnnxError):
     exit_code = EXIT_DIVERGED
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type name), for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]

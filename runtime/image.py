@@ -33,7 +33,7 @@ from PIL import (  # noqa: F401
     WebPImagePlugin,
 )
 
-from .errors import ImageError
+from .errors import ImageError, first_line
 
 # Formats a camera, phone, browser or dataset produces (JPEG covers multi-picture MPO files);
 # no PDF/EPS/FITS/PSD and friends.
@@ -74,12 +74,7 @@ def load_image(source: ImageSource) -> Image.Image:
         raise ImageError(f"{path}: refused as a decompression bomb ({exc})") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
         # Truncated or garbled data surfaces from the decoders as any of these.
-        raise ImageError(f"{path}: cannot decode image ({_reason(exc)})") from None
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+        raise ImageError(f"{path}: cannot decode image ({first_line(exc)})") from None
 
 
 def _check_size(im: Image.Image, path: Path) -> None:

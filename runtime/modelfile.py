@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import ModelError
 
-_LFS_MAGIC = b"version https://git-lfs"
+LFS_MAGIC = b"version https://git-lfs"  # the first bytes of a git-lfs pointer file
 # Field numbers from onnx.proto.
 _MODEL_GRAPH = 7
 _GRAPH_INITIALIZER = 5
@@ -31,7 +31,7 @@ def check_model_file(path: Path) -> None:
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(64)
-            if head.startswith(_LFS_MAGIC):
+            if head.startswith(LFS_MAGIC):
                 raise ModelError(f"{path}: is a git-lfs pointer, not the model; run 'git lfs pull' first")
             if size == 0:
                 raise ModelError(f"{path}: is empty, not an ONNX model")

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .contract import Contract, ContractError
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .image import ImageSource, load_image
 from .modelfile import check_model_file
 from .preprocess import preprocess
@@ -69,8 +69,7 @@ class Predictor:
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own pybind types for every failure
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelError(f"{self.path}: not a valid ONNX model ({first[:300]})") from None
+            raise ModelError(f"{self.path}: not a valid ONNX model ({first_line(exc, 300)})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         try:
             self.contract = Contract.from_metadata(meta)

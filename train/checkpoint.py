@@ -21,10 +21,10 @@ from typing import Any, Callable
 import torch
 
 from runtime.contract import Contract, ContractError
-from runtime.errors import ModelError, StorageError
+from runtime.errors import ModelError, StorageError, first_line
+from runtime.modelfile import LFS_MAGIC
 
 REQUIRED_KEYS = ("model", "config", "contract", "epoch")
-_LFS_MAGIC = b"version https://git-lfs"
 
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
@@ -112,7 +112,7 @@ def load_file(path: Path, *, what: str = "checkpoint") -> Any:
         raise ModelError(f"{path}: {what} not found")
     try:
         with open(path, "rb") as f:
-            if f.read(len(_LFS_MAGIC)) == _LFS_MAGIC:
+            if f.read(len(LFS_MAGIC)) == LFS_MAGIC:
                 raise ModelError(f"{path}: is a git-lfs pointer, not a {what}; run 'git lfs pull' first")
         return torch.load(path, map_location="cpu", weights_only=True)
     except ModelError:
@@ -123,8 +123,7 @@ def load_file(path: Path, *, what: str = "checkpoint") -> Any:
             raise ModelError(f"{path}: refused to load {what}: it would execute code ({lines[0][:200]})") from None
         raise ModelError(f"{path}: not a readable {what} (truncated or corrupt pickle data)") from None
     except Exception as exc:  # random bytes make the unpickler fail in arbitrary ways
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"{path}: not a readable {what} (truncated or corrupt: {first[:200]})") from None
+        raise ModelError(f"{path}: not a readable {what} (truncated or corrupt: {first_line(exc)})") from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from runtime.contract import Contract, package_version
-from runtime.errors import DataError, DivergedError, ModelError, StorageError
+from runtime.errors import DataError, DivergedError, ModelError, StorageError, first_line
 from runtime.predictor import available_cores
 
 from . import distributed
@@ -248,7 +248,7 @@ def _restore(ckpt: dict, model: nn.Module, optimizer, scheduler, ema: Optional[E
         if ema is not None:
             ema.model.load_state_dict(ckpt.get("ema") or ckpt["model"])
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        raise ModelError(f"{out / 'last.pt'}: does not match this model ({str(exc).splitlines()[0][:200]})") from None
+        raise ModelError(f"{out / 'last.pt'}: does not match this model ({first_line(exc)})") from None
     bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise ModelError(f"{out / 'last.pt'}: weights contain NaN/inf ({', '.join(bad[:3])}); cannot resume from it")

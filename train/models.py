@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from runtime.contract import Preprocess
-from runtime.errors import ModelError
+from runtime.errors import ModelError, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -90,7 +90,7 @@ def build_model(
             model.load_state_dict(state)
         except RuntimeError as exc:
             source = weights or IMAGENET_WEIGHTS_FILE
-            raise ModelError(f"{source}: not torchvision AlexNet weights ({str(exc).splitlines()[0]})") from None
+            raise ModelError(f"{source}: not torchvision AlexNet weights ({first_line(exc)})") from None
     model.classifier[6] = nn.Linear(model.classifier[6].in_features, num_classes)
     return model
 
