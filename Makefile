@@ -34,10 +34,16 @@ demo: install
 	$(BIN)/onnx-predict -m $(DEMO_OUT)/model.onnx --eval "$$(cat $(DEMO_OUT)/test-images/root.txt)"
 	@echo "artifacts: $(DEMO_OUT)/ (best.pt last.pt metrics.json curves.png model.onnx parity.json)"
 
-# Needs `make demo` first (uses its checkpoint and model).
+# Needs `make demo` first: measures its model's variants, cold start and folder throughput.
+BENCH := $(DEMO_OUT)/bench
 bench: install
+	$(BIN)/export-onnx $(DEMO_OUT)/best.pt -o $(BENCH)/model.onnx --quantize all --force \
+		--verify-dir "$$(cat $(DEMO_OUT)/test-images/root.txt)" --verify-size 2000
+	$(BIN)/python benchmarks/variant_latency.py $(BENCH)/model.onnx $(BENCH)/model.int8.onnx $(BENCH)/model.fp16.onnx
 	$(BIN)/python benchmarks/predict_cold_start.py --checkpoint $(DEMO_OUT)/best.pt \
-		--model $(DEMO_OUT)/model.onnx --image "$$(head -1 $(DEMO_OUT)/test-images/samples.txt)"
+		--model $(BENCH)/model.onnx --model $(BENCH)/model.int8.onnx --image "$$(head -1 $(DEMO_OUT)/test-images/samples.txt)"
+	$(BIN)/python benchmarks/predict_throughput.py --dir "$$(cat $(DEMO_OUT)/test-images/root.txt)" \
+		--model $(BENCH)/model.onnx --model $(BENCH)/model.int8.onnx --limit 2000
 
 clean:
 	rm -rf $(VENV) build *.egg-info

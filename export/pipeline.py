@@ -25,7 +25,6 @@ from .parity import VariantReport, VerifySet, compare, onnx_logits, random_input
 from .report import latency_ms, markdown_table, text_table
 
 Log = Callable[[str], None]
-QUANTIZE_CHOICES = ("none", "int8", "fp16", "all")
 
 
 class ParityError(ModelError):

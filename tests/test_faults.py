@@ -46,18 +46,18 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_exits_130_and_run_resumes(small_data, tmp_path, sig):
     out = tmp_path / "out"
-    proc = subprocess.Popen(train_cmd(small_data, out, 4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(train_cmd(small_data, out, 8), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(out / "last.pt", proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "--resume" in err and "Traceback" not in err
     epoch = torch.load(out / "last.pt", weights_only=True)["epoch"]
-    assert 1 <= epoch < 4
-    resumed = subprocess.run(train_cmd(small_data, out, 4, "--resume"), capture_output=True, text=True)
+    assert 1 <= epoch < 8
+    resumed = subprocess.run(train_cmd(small_data, out, 8, "--resume"), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"after epoch {epoch}/4" in resumed.stderr
-    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 4
+    assert f"after epoch {epoch}/8" in resumed.stderr
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 8
 
 
 def test_sigkill_at_random_moments_leaves_a_loadable_checkpoint(small_data, tmp_path):
