@@ -3,6 +3,7 @@ freezing and discriminative learning rates, DDP under torchrun with gloo."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -131,14 +132,18 @@ def test_frozen_features_do_not_change_in_training(tiny_folder, tmp_path, torch_
 def test_torchrun_ddp_with_gloo(tiny_folder, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "train.cli",
-         "--dataset", "folder", "--data-dir", str(tiny_folder), "--arch", "alexnet_cifar", "--epochs", "2",
-         "--batch-size", "16", "--limit-train", "24", "--out", str(out)],
-        capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "x2 processes" in proc.stderr and proc.stdout.count("done:") == 1
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "train.cli",
+           "--dataset", "folder", "--data-dir", str(tiny_folder), "--arch", "alexnet_cifar", "--epochs", "2",
+           "--batch-size", "16", "--limit-train", "24", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too
+        raise
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "x2 processes" in stderr and stdout.count("done:") == 1
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["history"]) == 2 and metrics["train_images"] == 24
     ckpt = torch.load(out / "best.pt", weights_only=True)
