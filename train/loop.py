@@ -164,7 +164,7 @@ def _train(cfg: TrainConfig, out: Path, ctx: distributed.Dist, *, resume: bool, 
     model = build_model(cfg.arch, len(splits.classes), pretrained=cfg.pretrained and fresh,
                         weights=Path(cfg.weights) if cfg.weights and fresh else None)
     apply_freeze(model, cfg.freeze)
-    model = model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+    model = model.to(device, memory_format=torch.channels_last)  # faster on CUDA and, measured, on x86 CPUs
     data = Data(splits, cfg, device, ctx)
     optimizer = make_optimizer(cfg, model, device)
     scheduler = make_scheduler(cfg, optimizer, data.steps_per_epoch())
@@ -268,8 +268,7 @@ def _train_epoch(step_model, model, ema, batches, optimizer, scheduler, device, 
         if not len(y):
             continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         x, target = mix_batch(x, y, num_classes, mixup=cfg.mixup, cutmix=cfg.cutmix, smoothing=cfg.label_smoothing,
                               generator=generator)
         with autocast(device):
