@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -67,10 +68,19 @@ def _predict(predictor, paths, fmt: str, top_k: int, batch_size: int, workers: i
     from .inputs import iter_inputs
 
     writer = Writer(fmt, sys.stdout, sys.stderr)
-    failed = 0
+    failed = done = 0
+    # Progress only where a person watches stderr while the results go to a file or a pipe.
+    show = sys.stderr.isatty() and not sys.stdout.isatty()
+    start = last = time.monotonic()
     for result in classify(predictor, iter_inputs(paths), batch_size=batch_size, top_k=top_k, workers=workers):
         failed += result.error is not None
+        done += 1
         writer.write(result)
+        if show and time.monotonic() - last > 0.5:
+            last = time.monotonic()
+            click.echo(f"\r{done} images, {done / (last - start):.0f} img/s, {failed} failed", err=True, nl=False)
+    if show and done:
+        click.echo(f"\r{done} images, {failed} failed\033[K", err=True)
     sys.stdout.flush()
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
