@@ -182,6 +182,8 @@ def image_arrays(
             bad += 1
     if bad:
         log(f"note: skipped {bad} unreadable image(s) in {source}")
+    if not arrays and split == "train":
+        raise DataError(f"{source}: no readable images for int8 calibration; pass --calib-dir DIR")
     images = np.stack(arrays) if arrays else np.zeros((0, 3, spec.crop, spec.crop), np.float32)
     labeled = np.array(kept, dtype=np.int64) if kept and all(k is not None for k in kept) else None
     return images, labeled, f"{source}: {len(arrays)} images"

@@ -18,7 +18,7 @@ from typing import IO, Iterable, Iterator, Optional
 
 import numpy as np
 
-from .errors import ImageError
+from .errors import ImageError, first_line
 from .inputs import InputItem, Missing
 from .predictor import Prediction, Predictor
 
@@ -65,6 +65,8 @@ def _finish(predictor: Predictor, chunk: list, futures: list, *, top_k: int) -> 
             outcome.append(None)
         except ImageError as exc:
             outcome.append(Result(item, error=str(exc)))
+        except Exception as exc:  # never let one odd file stop the others
+            outcome.append(Result(item, error=f"{item}: cannot use image ({type(exc).__name__}: {first_line(exc)})"))
     preds = iter(predictor.predictions(predictor.logits(np.stack(arrays)), top_k) if arrays else [])
     for item, result in zip(chunk, outcome):
         yield result if result is not None else Result(item, prediction=next(preds))
@@ -80,14 +82,16 @@ class Writer:
             self.csv.writerow(["path", "rank", "label", "score", "error"])
 
     def write(self, result: Result) -> None:
-        path = str(result.path)
         pred = result.prediction
-        if self.fmt == "json":
-            obj = {"path": path, **pred.to_dict()} if pred else {"path": path, "error": result.error}
-            self.out.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        elif self.fmt == "csv":
+        if self.fmt == "json":  # lossless: os.fsencode(obj["path"]) gives back the file's bytes
+            path = str(result.path)
+            obj = {"path": path, **pred.to_dict()} if pred else {"path": path, "error": _safe(result.error or "")}
+            self.out.write(json.dumps(obj) + "\n")  # ASCII escapes keep any name valid JSON
+            return
+        path = _safe(str(result.path))
+        if self.fmt == "csv":
             if pred is None:
-                self.csv.writerow([path, "", "", "", result.error])
+                self.csv.writerow([path, "", "", "", _safe(result.error or "")])
             for rank, (label, score) in enumerate(pred.top_k if pred else (), start=1):
                 self.csv.writerow([path, rank, label, f"{score:.6f}", ""])
         elif pred is None:
@@ -96,6 +100,11 @@ class Writer:
         else:
             ranked = " | ".join(f"{label} {score:.4f}" for label, score in pred.top_k)
             self.out.write(f"{_printable(path)}\t{ranked}\n")
+
+
+def _safe(text: str) -> str:
+    """File names that are not valid UTF-8 (surrogate-escaped by Python) as backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _printable(text: str) -> str:

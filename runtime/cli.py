@@ -53,7 +53,7 @@ def main(
             raise UsageError("no PATH given (images, directories or globs), and no --eval DIR")
         from .predictor import Predictor, available_cores
 
-        few = eval_dir is None and len(paths) <= FEW_IMAGES and all(p.is_file() for p in paths)
+        few = eval_dir is None and len(paths) <= FEW_IMAGES and all(_is_file(p) for p in paths)
         predictor = Predictor(model, threads=threads, few_images=few)
         workers = threads or available_cores()
         if eval_dir is not None:
@@ -61,6 +61,13 @@ def main(
         return _predict(predictor, paths, fmt, top_k, batch_size, workers)
 
     run(go, debug=debug)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _predict(predictor, paths, fmt: str, top_k: int, batch_size: int, workers: int) -> int:

@@ -29,9 +29,14 @@ InputItem = Union[Path, Missing]
 def iter_inputs(args: Iterable[Union[str, Path]]) -> Iterator[InputItem]:
     for arg in args:
         path = Path(arg)
-        if path.is_dir():
+        try:
+            kind = "dir" if path.is_dir() else "file" if (path.exists() or path.is_symlink()) else None
+        except OSError as exc:  # name too long, permission denied on a parent, ...
+            yield Missing(path, exc.strerror or str(exc))
+            continue
+        if kind == "dir":
             yield from walk_images(path)
-        elif path.exists() or path.is_symlink():
+        elif kind == "file":
             yield path
         elif glob.has_magic(str(arg)):
             matches = sorted(glob.glob(str(arg), recursive=True))

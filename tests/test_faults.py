@@ -175,3 +175,14 @@ def test_model_with_external_data_is_refused(exported_model, tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     result = CliRunner().invoke(predict_main, ["-m", str(tmp_path / "ext.onnx"), str(tmp_path / "x.png")])
     assert result.exit_code == 3 and "external data" in result.stderr
+
+
+def test_resume_with_corrupt_saved_config_exits_3(trained_run, tiny_folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    ckpt = torch.load(trained_run / "last.pt", weights_only=True)
+    ckpt["config"] = {"arch": "alexnet_cifar", "dataset": "folder"}  # required keys missing
+    torch.save(ckpt, out / "last.pt")
+    args = ["--dataset", "folder", "--data-dir", tiny_folder, "--arch", "alexnet_cifar", "--epochs", 3, "--out", out, "--resume"]
+    result = CliRunner().invoke(train_main, [str(a) for a in args])
+    assert result.exit_code == 3 and "saved config is invalid" in result.stderr

@@ -147,3 +147,17 @@ def test_fuzz_truncated_real_images(tmp_path, fmt, width, height, cut, seed):
         return
     x = preprocess(image, SPEC)
     assert x.shape == (3, 32, 32) and np.isfinite(x).all()
+
+
+def test_names_that_are_not_utf8_and_too_long_paths(exported_model, tmp_path):
+    odd = tmp_path / os.fsdecode(b"caf\xe9-\xff.png")  # Latin-1 bytes: not valid UTF-8
+    Image.new("RGB", (12, 12), (9, 9, 9)).save(odd)
+    too_long = tmp_path / ("x" * 300 + ".png")
+    for fmt in ("json", "csv", "text"):
+        result = predict("-m", exported_model, "--format", fmt, odd, too_long)
+        assert result.exit_code == 1, result.output
+        assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
+    lines = predict("-m", exported_model, "--format", "json", odd, too_long).stdout.splitlines()
+    first, second = (json.loads(line) for line in lines)
+    assert "label" in first and os.fsencode(first["path"]) == os.fsencode(odd)
+    assert "error" in second

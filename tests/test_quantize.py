@@ -117,3 +117,10 @@ def test_reduced_precision_gate(ref_correct, cand_correct, max_drop, passed):
                      {"random": empty, "images": logits(cand_correct)}, verify, max_drop)
     assert report.passed is passed
     assert report.top1_drop_pp == pytest.approx(10.0 * (ref_correct - cand_correct))
+
+
+def test_calibration_dir_without_images_exits_3(trained_run, tmp_path):
+    (tmp_path / "calib").mkdir()
+    (tmp_path / "calib" / "broken.jpg").write_bytes(b"not an image")
+    result = run_export(trained_run / "best.pt", "-o", tmp_path / "m.onnx", "--quantize", "int8", "--calib-dir", tmp_path / "calib")
+    assert result.exit_code == 3 and "calibration" in result.stderr and not (tmp_path / "m.onnx").exists()

@@ -148,3 +148,11 @@ def test_torchrun_ddp_with_gloo(tiny_folder, tmp_path):
     assert len(metrics["history"]) == 2 and metrics["train_images"] == 24
     ckpt = torch.load(out / "best.pt", weights_only=True)
     assert ckpt["epoch"] >= 1 and not any(k.startswith("module.") for k in ckpt["model"])
+
+
+def test_store_shards_have_equal_step_counts(tiny_folder):
+    splits = load_splits("folder", tiny_folder, val_fraction=0.0, limit_train=17, seed=0)
+    store = ImageStore(splits.train, ARCHS["alexnet_cifar"].preprocess, train=True, device=torch.device("cpu"))
+    assert len(store) == 17
+    steps = [len(list(store.batches(4, torch.Generator().manual_seed(0), (rank, 2)))) for rank in range(2)]
+    assert steps[0] == steps[1] == 3

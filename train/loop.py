@@ -149,13 +149,19 @@ def _train(cfg: TrainConfig, out: Path, ctx: distributed.Dist, *, resume: bool, 
             log(f"note: --resume continues the run with its saved settings (--epochs {cfg.epochs}, not {asked.epochs})")
         if int(ckpt["epoch"]) >= cfg.epochs:
             log(f"{out / 'last.pt'}: this run already finished ({cfg.epochs} epochs); nothing to do")
-            metrics_file = out / "metrics.json"
-            return json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+            try:
+                return json.loads((out / "metrics.json").read_text())
+            except (OSError, ValueError):
+                return {}
     device = pick_device(cfg.device, ctx.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.manual_seed(cfg.seed)
+    if not ctx.main:
+        distributed.barrier(ctx)  # rank 0 finds (or downloads) the data first
     splits = load_splits(cfg.dataset, Path(cfg.data_dir), val_fraction=cfg.val_fraction, limit_train=cfg.limit_train, seed=cfg.seed)
+    if ctx.main:
+        distributed.barrier(ctx)
     spec = ARCHS[cfg.arch].preprocess
     contract = Contract(labels=tuple(splits.classes), preprocess=spec, arch=cfg.arch, dataset=cfg.dataset, created_with=package_version())
     if ckpt is not None and tuple(contract_of(ckpt, out / "last.pt").labels) != contract.labels:
@@ -197,7 +203,9 @@ def _train(cfg: TrainConfig, out: Path, ctx: distributed.Dist, *, resume: bool, 
         score = row.get("val_top1", row["train_top1"])
         improved = val_batches is None or score > best
         best = score if improved else best
-        contract = contract.with_(metrics={"val_top1": best, "val_split": splits.val_name})
+        # Each checkpoint's contract carries its own epoch's validation score (best.pt: the best).
+        contract = contract.with_(metrics={"val_top1": row["val_top1"], "val_split": splits.val_name}
+                                  if "val_top1" in row else {"val_split": splits.val_name})
         if ctx.main:
             state = _state(model, ema, optimizer, scheduler, epoch + 1, cfg, contract, history, best)
             save_checkpoint(out / "last.pt", state)
@@ -234,6 +242,10 @@ def _judged(model: nn.Module, ema: Optional[EMA], cfg: TrainConfig) -> nn.Module
 def _resume_state(out: Path, cfg: TrainConfig) -> dict[str, Any]:
     ckpt = load_checkpoint(out / "last.pt")
     saved = ckpt["config"]
+    try:
+        TrainConfig.from_dict(saved)
+    except Exception as exc:
+        raise ModelError(f"{out / 'last.pt'}: its saved config is invalid ({first_line(exc)}); cannot resume") from None
     for key in ("arch", "dataset"):
         if saved.get(key) != getattr(cfg, key):
             raise ModelError(f"{out / 'last.pt'}: was trained with --{key} {saved.get(key)}, not {getattr(cfg, key)}; cannot resume")
@@ -316,7 +328,7 @@ def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
 
 
 def _write_metrics(out: Path, cfg: TrainConfig, history, best: float, splits: Splits, **extra) -> dict[str, Any]:
-    metrics = {"best_val_top1": best, "val_split": splits.val_name, "epochs": cfg.epochs, "history": history,
+    metrics = {"best_val_top1": best if splits.val is not None else None, "val_split": splits.val_name, "epochs": cfg.epochs, "history": history,
                "train_images": len(splits.train), "bad_images": max((h.get("bad_images", 0) for h in history), default=0),
                "wall_seconds": sum(h["seconds"] for h in history), **extra}
     atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))

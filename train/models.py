@@ -107,10 +107,13 @@ def _load_imagenet_state(weights: Optional[Path]) -> dict:
     from torchvision.models import AlexNet_Weights
 
     try:
-        return AlexNet_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True)
+        return AlexNet_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except OSError as exc:  # URLError is an OSError: offline and not in the cache
         cache = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_WEIGHTS_FILE
         raise ModelError(
             f"cannot download the ImageNet AlexNet weights ({exc}); place {IMAGENET_WEIGHTS_FILE} "
             f"at {cache} or pass --weights FILE"
         ) from None
+    except Exception as exc:  # a corrupt or tampered file in the cache (never executed: weights_only)
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_WEIGHTS_FILE
+        raise ModelError(f"{cache}: not loadable as ImageNet AlexNet weights ({first_line(exc)}); delete it") from None

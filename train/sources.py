@@ -91,15 +91,23 @@ def _unpickle(path: Path) -> dict:
 
 
 def cifar10_pickles(folder: Path, train: bool) -> Source:
-    meta = _unpickle(folder / "batches.meta")
-    classes = [n.decode() if isinstance(n, bytes) else n for n in meta[b"label_names"]]
-    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
-    data, labels = [], []
-    for name in names:
-        batch = _unpickle(folder / name)
-        data.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels += [int(x) for x in batch[b"labels"]]
-    return Source(classes, labels, arrays=np.ascontiguousarray(np.concatenate(data)))
+    try:
+        meta = _unpickle(folder / "batches.meta")
+        classes = [n.decode() if isinstance(n, bytes) else n for n in meta[b"label_names"]]
+        names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+        data, labels = [], []
+        for name in names:
+            batch = _unpickle(folder / name)
+            data.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels += [int(x) for x in batch[b"labels"]]
+        arrays = np.ascontiguousarray(np.concatenate(data))
+    except DataError:
+        raise
+    except Exception as exc:  # missing keys, wrong shapes
+        raise DataError(f"{folder}: not the CIFAR-10 python format ({type(exc).__name__}: {exc})") from None
+    if len(arrays) != len(labels) or not classes or any(not 0 <= y < len(classes) for y in labels):
+        raise DataError(f"{folder}: CIFAR-10 batches have inconsistent images, labels or class names")
+    return Source(classes, labels, arrays=arrays)
 
 
 def find_cifar10(data_dir: Path) -> tuple[Source, Source]:

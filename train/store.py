@@ -76,6 +76,8 @@ class ImageStore:
         n = len(self)
         order = torch.randperm(n, generator=generator) if self.train else torch.arange(n)
         rank, world = shard
+        if world > 1:  # every process must run the same number of steps (as DistributedSampler pads)
+            order = torch.cat([order, order[: (-len(order)) % world]])
         order = order[rank::world]
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size].to(self.device)
