@@ -18,12 +18,12 @@ from torch import nn
 
 from runtime.contract import Contract, package_version
 from runtime.errors import DataError, DivergedError, ModelError, StorageError, first_line
-from runtime.predictor import available_cores
 
 from . import distributed
+from .batches import Data
 from .checkpoint import atomic_write, clean_temp_files, contract_of, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import Splits, eval_transform, load_splits, make_loader, train_transform
+from .data import Splits, load_splits
 from .evaluation import FlipAverage, autocast, evaluate
 from .models import ARCHS, build_model
 from .optim import apply_freeze, make_optimizer, make_scheduler
@@ -59,13 +59,6 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name, local_rank) if name == "cuda" else torch.device(name)
 
 
-def loader_workers(cfg: TrainConfig, device: torch.device) -> int:
-    """On CPU the cores are busy training; decoding in the main process is cheaper than workers."""
-    if cfg.workers is not None:
-        return cfg.workers
-    return min(8, available_cores()) if device.type == "cuda" else 0
-
-
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -79,51 +72,6 @@ def seed_epoch(seed: int, epoch: int) -> torch.Generator:
     torch.manual_seed(seed * 100_003 + epoch)
     random.seed(seed * 100_003 + epoch)
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
-
-
-class Data:
-    """Batches for each epoch: the in-memory device store, or DataLoaders decoding every epoch."""
-
-    def __init__(self, splits: Splits, cfg: TrainConfig, device: torch.device, ctx: distributed.Dist) -> None:
-        self.cfg, self.device, self.ctx, self.splits = cfg, device, ctx, splits
-        self.spec = ARCHS[cfg.arch].preprocess
-        self.per_rank = max(1, cfg.batch_size // ctx.world)
-        cache = cfg.cache if cfg.cache != "auto" else ("memory" if device.type == "cuda" else "none")
-        self.memory = cache == "memory"
-        self.workers = loader_workers(cfg, device)
-        self.stores: dict[str, Any] = {}
-        if self.memory:
-            from .store import ImageStore
-
-            for name in ("train", "val", "test"):
-                split = getattr(splits, name)
-                if split is not None:
-                    self.stores[name] = ImageStore(split, self.spec, train=name == "train", device=device)
-
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.splits.train) / self.ctx.world / self.per_rank)
-
-    def train(self, generator: torch.Generator):
-        if self.memory:
-            return self.stores["train"].batches(self.per_rank, generator, (self.ctx.rank, self.ctx.world))
-        sampler = None
-        if self.ctx.enabled:
-            from torch.utils.data import DistributedSampler
-
-            sampler = DistributedSampler(range(len(self.splits.train)), self.ctx.world, self.ctx.rank, seed=generator.initial_seed())
-        return make_loader(self.splits.train, train_transform(self.cfg.arch, self.spec), batch_size=self.per_rank,
-                           shuffle=sampler is None, workers=self.workers, generator=generator, sampler=sampler)
-
-    def eval(self, name: str):
-        if getattr(self.splits, name) is None:
-            return None
-        if self.memory:
-            return self.stores[name].batches(self.cfg.batch_size * 2)
-        return make_loader(getattr(self.splits, name), eval_transform(self.spec), batch_size=self.cfg.batch_size * 2,
-                           shuffle=False, workers=self.workers)
-
-    def store_bad(self) -> int:
-        return self.stores["train"].bad if self.memory else 0
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, log: Log = log_stderr, stop_after_epoch: Optional[int] = None) -> dict[str, Any]:
