@@ -14,27 +14,20 @@ training is no longer bound by per-image PIL work in DataLoader workers.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from runtime.contract import Preprocess
 from runtime.errors import ImageError
 from runtime.predictor import available_cores
-from runtime.preprocess import crop_box, resize_and_crop, resized_size
+from runtime.preprocess import resize_and_crop
 
 from .data import Split
-
-
-def _square(image: Image.Image, size: int) -> np.ndarray:
-    w, h = image.size
-    nw, nh = resized_size(w, h, size)
-    resized = image if (nw, nh) == (w, h) else image.resize((nw, nh), Image.Resampling.BILINEAR)
-    return np.asarray(resized.crop(crop_box(nw, nh, size)), dtype=np.uint8)
 
 
 class ImageStore:
@@ -42,13 +35,15 @@ class ImageStore:
 
     def __init__(self, split: Split, spec: Preprocess, *, train: bool, device: torch.device) -> None:
         size = spec.resize if train else spec.crop
+        # train: the contract's geometry with a resize x resize crop, so random crops see more
+        geometry = replace(spec, crop=spec.resize) if train else spec
 
         def load(index: int) -> Optional[np.ndarray]:
             try:
                 image = split.source.image(index)
             except ImageError:
                 return None
-            return _square(image, size) if train else np.asarray(resize_and_crop(image, spec), dtype=np.uint8)
+            return np.asarray(resize_and_crop(image, geometry), dtype=np.uint8)
 
         with ThreadPoolExecutor(max_workers=available_cores()) as pool:
             arrays = list(pool.map(load, split.indices))
