@@ -22,7 +22,7 @@ from PIL import Image
 from .contract import Contract, ContractError
 from .errors import ModelError, first_line
 from .image import ImageSource, load_image
-from .modelfile import check_model_file
+from .modelfile import read_model
 from .preprocess import preprocess
 
 PredictInput = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -55,7 +55,7 @@ class Predictor:
         """`few_images`: tune start-up for a handful of images (weights are not pre-packed, which
         saves start-up time and memory but makes each run slower)."""
         self.path = Path(path)
-        check_model_file(self.path)
+        model = read_model(self.path)  # checked; large weights referenced in the file, not copied
         import onnxruntime as ort  # heavy; imported only once a model is actually opened
 
         options = ort.SessionOptions()
@@ -66,8 +66,10 @@ class Predictor:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if few_images:
             options.add_session_config_entry("session.disable_prepacking", "1")
+        if model.weights_folder is not None:
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path", model.weights_folder)
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(model.proto, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own pybind types for every failure
             raise ModelError(f"{self.path}: not a valid ONNX model ({first_line(exc, 300)})") from None
         meta = self.session.get_modelmeta().custom_metadata_map

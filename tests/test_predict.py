@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -155,6 +156,30 @@ def test_predictor_api(exported_model, photos):
         [photos / "a cat.png", Image.open(photos / "a cat.png"), x], top_k=2
     )
     assert from_path == from_pil == from_array and len(from_path.top_k) == 2
+
+
+def test_weights_are_read_from_the_model_file_itself(exported_model, tmp_path, monkeypatch):
+    """onnxruntime gets a small proto whose weights reference the .onnx file (no second copy);
+    the logits equal an ordinary load's, through a symlink, in a non-ASCII folder, from any cwd."""
+    import onnxruntime as ort
+
+    from runtime.modelfile import read_model
+
+    folder = tmp_path / "mödels dir"
+    folder.mkdir()
+    target = folder / "m.onnx"
+    shutil.copy(exported_model, target)
+    (tmp_path / "links").mkdir()
+    link = tmp_path / "links" / "link.onnx"
+    link.symlink_to(target)
+    model = read_model(link)
+    assert len(model.proto) < target.stat().st_size / 10 and model.weights_folder == str(folder)
+
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    reference = ort.InferenceSession(str(exported_model), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    monkeypatch.chdir(tmp_path / "links")  # a file name resolved against the cwd would not be found
+    for few_images in (True, False):
+        np.testing.assert_allclose(Predictor(link, few_images=few_images).logits(x), reference, rtol=1e-5, atol=1e-5)
 
 
 def test_output_into_closed_pipe_has_no_traceback(exported_model, photos):
