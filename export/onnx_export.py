@@ -64,9 +64,45 @@ def to_onnx(model: nn.Module, contract: Contract) -> "onnx.ModelProto":  # noqa:
             verbose=False,
         )
     proto = program.model_proto
+    pretranspose_gemm_weights(proto.graph)
     set_contract(proto, contract)
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def pretranspose_gemm_weights(graph) -> int:
+    """Store each constant Gemm weight as (in, out) with transB=0 instead of PyTorch's (out, in)
+    with transB=1; the same product, returns how many changed. onnxruntime packs a transposed B
+    on every call when weights are not pre-packed (what onnx-predict does for a few images):
+    measured on a 2-core AVX2 CPU, one image through the int8 alexnet took 101 ms with
+    (out, in) weights, 21 ms with (in, out)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    initializers = {t.name: t for t in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    changed = 0
+    for node in graph.node:
+        if node.op_type != "Gemm" or len(node.input) < 2:
+            continue
+        weight = initializers.get(node.input[1])
+        trans_b = next((a for a in node.attribute if a.name == "transB"), None)
+        if weight is None or trans_b is None or trans_b.i != 1 or uses[node.input[1]] != 1:
+            continue
+        array = numpy_helper.to_array(weight)
+        weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array.T), weight.name))
+        trans_b.i = 0
+        changed += 1
+        for info in [*graph.value_info, *graph.input]:  # shapes recorded for the weight, if any
+            if info.name == weight.name:
+                shape = info.type.tensor_type.shape
+                del shape.dim[:]
+                for size in array.T.shape:
+                    shape.dim.add().dim_value = size
+    return changed
 
 
 def set_contract(proto, contract: Contract) -> None:

@@ -101,3 +101,8 @@ def test_alexnet_224_exports_with_parity(tmp_path, tiny_folder):
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())["fp32"]
     assert data["max_abs_diff"] <= 1e-4 and data["top1_agreement"] == 1.0 and data["n_images"] > 0
+    import onnx
+
+    gemms = [n for n in onnx.load(str(tmp_path / "a.onnx")).graph.node if n.op_type == "Gemm"]
+    assert len(gemms) == 3  # the classifier's weights are stored (in, out): no repacking per call
+    assert all(a.i == 0 for n in gemms for a in n.attribute if a.name == "transB")
