@@ -1,5 +1,6 @@
 """Cold-start cost of classifying one image in a fresh process: onnx-predict vs a plain
-torch + torchvision script on the same checkpoint. Reports median wall time and peak RSS.
+torch + torchvision script on the same checkpoint. Reports median wall time and peak RSS, then
+where onnx-predict's time goes (start-up phases, timed inside a fresh process each repeat).
 
     python benchmarks/predict_cold_start.py --checkpoint artifacts/demo/best.pt \
         --model artifacts/demo/model.onnx --image some.jpg [--repeats 5]
@@ -10,6 +11,7 @@ Both run in the same invocation, alternating, so machine noise hits both alike.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -32,6 +34,33 @@ with torch.no_grad():
     probs = model(tf(Image.open(sys.argv[2]).convert("RGB"))[None]).softmax(1)[0]
 i = int(probs.argmax()); print(sys.argv[2], c.labels[i], float(probs[i]))
 """
+
+# The steps onnx-predict takes for one image, each timed (perf_counter) in a fresh process.
+PHASES_SCRIPT = """
+import sys, time, json
+t = [time.perf_counter()]
+import click, runtime.cli; t.append(time.perf_counter())
+import numpy, PIL.Image; t.append(time.perf_counter())
+import onnxruntime; t.append(time.perf_counter())
+from runtime.modelfile import read_model
+read_model(__import__("pathlib").Path(sys.argv[1])); t.append(time.perf_counter())
+from runtime.predictor import Predictor
+p = Predictor(sys.argv[1], few_images=True); t.append(time.perf_counter())
+x = p.preprocess(sys.argv[2]); t.append(time.perf_counter())
+p.predict([x]); t.append(time.perf_counter())
+print(json.dumps([b - a for a, b in zip(t, t[1:])]))
+"""
+PHASES = ("import click + runtime.cli", "import numpy + PIL", "import onnxruntime", "read model (checks, references)",
+          "session (read model again + create)", "decode + preprocess", "inference")
+
+
+def phases(model: Path, image: Path, repeats: int) -> list[float]:
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", PHASES_SCRIPT, str(model), str(image)],
+                             check=True, capture_output=True, text=True).stdout
+        runs.append(json.loads(out))
+    return [statistics.median(column) for column in zip(*runs)]
 
 
 def measure(cmd: list[str]) -> tuple[float, float]:
@@ -64,6 +93,10 @@ def main() -> None:
     print(f"{'what':<40} {'seconds':>8} {'peak MiB':>9}")
     for name, runs in results.items():
         print(f"{name:<40} {statistics.median(s for s, _ in runs):>8.3f} {max(m for _, m in runs):>9.0f}")
+    for model in args.model:
+        print(f"\nonnx-predict {model.name}: start-up phases, median ms of {args.repeats} fresh processes")
+        for label, seconds in zip(PHASES, phases(model, args.image, args.repeats)):
+            print(f"  {label:<38} {1000 * seconds:8.1f}")
 
 
 if __name__ == "__main__":

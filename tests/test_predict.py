@@ -189,3 +189,14 @@ def test_output_into_closed_pipe_has_no_traceback(exported_model, photos):
         shell=True, capture_output=True, text=True, cwd=ROOT,
     )
     assert len(proc.stdout.splitlines()) == 1 and "Traceback" not in proc.stderr and "Error" not in proc.stderr
+
+
+def test_command_writes_all_output_before_its_quick_exit(exported_model, photos, tmp_path):
+    """The console entry ends with os._exit: buffered output must be flushed, the code kept."""
+    args = ["-m", str(exported_model), "--format", "json", str(photos), str(tmp_path / "missing.jpg")]
+    out = tmp_path / "preds.jsonl"
+    with open(out, "w") as f:  # a file: block-buffered, lost if not flushed
+        proc = subprocess.run([sys.executable, "-m", "runtime.cli", *args], stdout=f, stderr=subprocess.PIPE,
+                              text=True, cwd=ROOT)
+    assert proc.returncode == 1 and "missing.jpg" in out.read_text()  # JSON reports failures in line
+    assert out.read_text() == predict(*args).stdout and len(out.read_text().splitlines()) == 4
