@@ -42,6 +42,16 @@ class ModelBytes:
 
     proto: bytes
     weights_folder: str | None
+    file: str  # the resolved path the references name
+    identity: tuple[int, ...]  # (device, inode, size, mtime) of the file the offsets were read from
+
+    def changed(self) -> bool:
+        """True when the file was replaced or rewritten since it was read: the references would
+        then have been resolved against other bytes."""
+        try:
+            return _identity(os.stat(self.file)) != self.identity
+        except OSError:
+            return True
 
 
 def read_model(path: Path) -> ModelBytes:
@@ -56,14 +66,15 @@ def read_model(path: Path) -> ModelBytes:
         with open(real, "rb") as f:
             if f.read(len(LFS_MAGIC)) == LFS_MAGIC:
                 raise ModelError(f"{path}: is a git-lfs pointer, not the model; run 'git lfs pull' first")
-            if os.fstat(f.fileno()).st_size == 0:
+            stat = os.fstat(f.fileno())
+            if stat.st_size == 0:
                 raise ModelError(f"{path}: is empty, not an ONNX model")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                 location = _location(real)
                 proto = _reference_weights(buf, location)
                 if location is None:  # onnxruntime takes the folder as UTF-8 text only: copy
-                    return ModelBytes(bytes(buf), None)
-                return ModelBytes(proto, str(real.parent))
+                    return ModelBytes(bytes(buf), None, str(real), _identity(stat))
+                return ModelBytes(proto, str(real.parent), str(real), _identity(stat))
     except PermissionError:
         raise ModelError(f"{path}: permission denied") from None
     except _Malformed:
@@ -73,6 +84,10 @@ def read_model(path: Path) -> ModelBytes:
             f"{path}: stores weights as external data; only single-file models are loaded "
             "(re-export with export-onnx)"
         ) from None
+
+
+def _identity(stat: os.stat_result) -> tuple[int, ...]:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _location(real: Path) -> bytes | None:

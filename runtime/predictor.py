@@ -71,7 +71,13 @@ class Predictor:
         try:
             self.session = ort.InferenceSession(model.proto, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own pybind types for every failure
-            raise ModelError(f"{self.path}: not a valid ONNX model ({first_line(exc, 300)})") from None
+            error = f"not a valid ONNX model ({first_line(exc, 300)})"
+        else:
+            error = None
+        if model.changed():  # replaced mid-load: weights may have come from the new file
+            raise ModelError(f"{self.path}: the file changed while it was loaded; run again once it is written")
+        if error:
+            raise ModelError(f"{self.path}: {error}")
         meta = self.session.get_modelmeta().custom_metadata_map
         try:
             self.contract = Contract.from_metadata(meta)

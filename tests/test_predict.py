@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import ROOT, make_image
 from runtime import Predictor
+from runtime.errors import ModelError
 from runtime.cli import main
 
 
@@ -200,3 +201,29 @@ def test_command_writes_all_output_before_its_quick_exit(exported_model, photos,
                               text=True, cwd=ROOT)
     assert proc.returncode == 1 and "missing.jpg" in out.read_text()  # JSON reports failures in line
     assert out.read_text() == predict(*args).stdout and len(out.read_text().splitlines()) == 4
+
+
+def test_model_replaced_while_loading_is_refused_not_misread(exported_model, tmp_path, monkeypatch):
+    """Weights are read by reference into the file: if it is replaced between the scan and
+    onnxruntime's read, the offsets would point into other bytes. That must be an error."""
+    import onnx
+
+    from runtime import modelfile, predictor
+
+    path = tmp_path / "m.onnx"
+    shutil.copy(exported_model, path)
+    other = onnx.load(str(exported_model))
+    other.doc_string = "x" * 1000  # same weights, shifted offsets
+    replacement = tmp_path / "new.onnx"
+    onnx.save(other, str(replacement))
+
+    def read_then_replace(p):
+        model = modelfile.read_model(p)
+        os.replace(replacement, path)
+        return model
+
+    monkeypatch.setattr(predictor, "read_model", read_then_replace)
+    with pytest.raises(ModelError, match="changed while it was loaded"):
+        Predictor(path)
+    monkeypatch.undo()
+    assert Predictor(path).labels == ("cat", "dog", "owl")  # the new file itself is fine
