@@ -42,16 +42,17 @@ t = [time.perf_counter()]
 import click, runtime.cli; t.append(time.perf_counter())
 import numpy, PIL.Image; t.append(time.perf_counter())
 import onnxruntime; t.append(time.perf_counter())
-from runtime.modelfile import read_model
-read_model(__import__("pathlib").Path(sys.argv[1])); t.append(time.perf_counter())
-from runtime.predictor import Predictor
-p = Predictor(sys.argv[1], few_images=True); t.append(time.perf_counter())
+import runtime.predictor, runtime.classify; t.append(time.perf_counter())
+from pathlib import Path
+runtime.predictor.read_model(Path(sys.argv[1])); t.append(time.perf_counter())
+p = runtime.predictor.Predictor(sys.argv[1], few_images=True); t.append(time.perf_counter())
 x = p.preprocess(sys.argv[2]); t.append(time.perf_counter())
 p.predict([x]); t.append(time.perf_counter())
 print(json.dumps([b - a for a, b in zip(t, t[1:])]))
 """
-PHASES = ("import click + runtime.cli", "import numpy + PIL", "import onnxruntime", "read model (checks, references)",
-          "session (read model again + create)", "decode + preprocess", "inference")
+PHASES = ("import click + runtime.cli", "import numpy + PIL", "import onnxruntime",
+          "import runtime (image policy, formats)", "read model (checks, references)",
+          "Predictor (read again, session, contract)", "decode + preprocess", "inference")
 
 
 def phases(model: Path, image: Path, repeats: int) -> list[float]:

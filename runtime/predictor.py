@@ -52,8 +52,8 @@ def available_cores() -> int:
 
 class Predictor:
     def __init__(self, path: Union[str, os.PathLike], threads: int | None = None, *, few_images: bool = False) -> None:
-        """`few_images`: tune start-up for a handful of images (weights are not pre-packed, which
-        saves start-up time and memory but makes each run slower)."""
+        """`few_images`: tune start-up for a handful of images (weights are neither pre-packed nor
+        re-laid out, which saves start-up time and memory but makes each run slower)."""
         self.path = Path(path)
         model = read_model(self.path)  # checked; large weights referenced in the file, not copied
         import onnxruntime as ort  # heavy; imported only once a model is actually opened
@@ -66,6 +66,9 @@ class Predictor:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if few_images:
             options.add_session_config_entry("session.disable_prepacking", "1")
+            # No NCHWc layout pass: reordering the fp32 conv weights costs ~30 ms at start-up and
+            # saves ~5 ms per image (measured, alexnet, 2-core AVX2).
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         if model.weights_folder is not None:
             options.add_session_config_entry("session.model_external_initializers_file_folder_path", model.weights_folder)
         try:
