@@ -77,10 +77,14 @@ def pretranspose_gemm_weights(graph) -> int:
     measured on a 2-core AVX2 CPU, one image through the int8 alexnet took 101 ms with
     (out, in) weights, 21 ms with (in, out)."""
     import numpy as np
+    import onnx
     from onnx import numpy_helper
 
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return 0  # a subgraph may read a weight too: leave such models as they are
     initializers = {t.name: t for t in graph.initializer}
-    uses: dict[str, int] = {}
+    # Graph outputs, and inputs a caller could feed instead, are uses the Gemm cannot see.
+    uses: dict[str, int] = {v.name: 1 for v in [*graph.output, *graph.input]}
     for node in graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
@@ -96,7 +100,7 @@ def pretranspose_gemm_weights(graph) -> int:
         weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array.T), weight.name))
         trans_b.i = 0
         changed += 1
-        for info in [*graph.value_info, *graph.input]:  # shapes recorded for the weight, if any
+        for info in graph.value_info:  # a shape recorded for the weight, if any
             if info.name == weight.name:
                 shape = info.type.tensor_type.shape
                 del shape.dim[:]

@@ -111,6 +111,8 @@ def _evaluate(predictor, root: Path, fmt: str, batch_size: int, workers: int) ->
         for label, stats in report.per_class.items():
             click.echo(f"  {label:<20} top-1 {stats['top1']:.4f}  n {stats['n']}")
     return EXIT_SOME_FAILED if report.failed else EXIT_OK
+
+
 def entry() -> None:
     """The `onnx-predict` console script: `main`, then an immediate exit once the output is
     flushed. Tearing down onnxruntime and the interpreter changes nothing the user sees and costs

@@ -1,15 +1,19 @@
-"""Reading a model file for onnxruntime: checks first, then a zero-copy load.
+"""Reading a model file for onnxruntime: checks first, then either an ordinary load or a
+load by reference.
 
-Checks: present, not a git-lfs pointer, one self-contained file (no external data that could
-point anywhere on disk).
+Checks: present, not a git-lfs pointer, top-level initializers stored in the file itself (no
+external data; onnxruntime itself refuses references that leave the model's folder).
 
-Zero-copy load: handed a single-file model, onnxruntime parses every weight into memory and then
-copies it into its own buffers, so a 228 MB model peaks at ~2x its size and spends ~0.5 s copying.
-Instead, `read_model` walks the protobuf wire format (ModelProto -> graph -> initializer) through a
-memory map and returns a small copy of the model in which each large initializer's bytes are
-replaced by an external-data reference to *the same file* at the offset where those bytes already
-lie. onnxruntime then reads each weight once, straight into the buffer it runs from. The file on
-disk stays one ordinary ONNX file; only what onnxruntime is handed changes.
+Load by reference (`reference_weights=True`, used for a one-shot run on a few images): handed a
+single-file model, onnxruntime parses every weight into memory and then copies it into its own
+buffers, so a 228 MB model peaks at ~2x its size and spends ~0.5 s copying. Instead, `read_model`
+walks the protobuf wire format (ModelProto -> graph -> initializer) through a memory map and
+returns a small copy of the model in which each large initializer's bytes are replaced by an
+external-data reference to *the same file* at the offset where those bytes already lie;
+onnxruntime then maps each weight straight from the file. The file on disk stays one ordinary ONNX
+file. The price: the session keeps reading the file, so rewriting it in place while the session
+lives would change or break it (replacing it with a rename, as export-onnx does, is safe) —
+which is why long-lived Predictors load the ordinary way, into private memory.
 """
 
 from __future__ import annotations
@@ -35,12 +39,12 @@ _MIN_REFERENCED_BYTES = 4096
 
 
 @dataclass(frozen=True)
-class ModelBytes:
-    """What to hand onnxruntime: `proto` (serialized ModelProto) and, when its weights reference
-    the model file, the folder to resolve that reference in (session option
+class ModelSource:
+    """What to hand onnxruntime: `model` (the file's path, or a serialized ModelProto) and, when
+    its weights reference the model file, the folder to resolve that reference in (session option
     `session.model_external_initializers_file_folder_path`)."""
 
-    proto: bytes
+    model: str | bytes
     weights_folder: str | None
     file: str  # the resolved path the references name
     identity: tuple[int, ...]  # (device, inode, size, mtime) of the file the offsets were read from
@@ -54,9 +58,10 @@ class ModelBytes:
             return True
 
 
-def read_model(path: Path) -> ModelBytes:
+def read_model(path: Path, *, reference_weights: bool = False) -> ModelSource:
     """Check `path` (ModelError with one clear line when it cannot be a usable single-file model)
-    and return the model with its large weights referencing the file itself."""
+    and say how onnxruntime should load it: by path, or with its large weights referencing the
+    file itself."""
     if not path.exists():
         raise ModelError(f"{path}: model file not found")
     if path.is_dir():
@@ -69,12 +74,15 @@ def read_model(path: Path) -> ModelBytes:
             stat = os.fstat(f.fileno())
             if stat.st_size == 0:
                 raise ModelError(f"{path}: is empty, not an ONNX model")
+            identity = _identity(stat)
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                location = _location(real)
-                proto = _reference_weights(buf, location)
-                if location is None:  # onnxruntime takes the folder as UTF-8 text only: copy
-                    return ModelBytes(bytes(buf), None, str(real), _identity(stat))
-                return ModelBytes(proto, str(real.parent), str(real), _identity(stat))
+                location = _location(real)  # None: onnxruntime could not take this path as text
+                proto = _reference_weights(buf, location if reference_weights else None)
+                if location is None:
+                    return ModelSource(bytes(buf), None, str(real), identity)
+                if not reference_weights:
+                    return ModelSource(str(real), None, str(real), identity)
+                return ModelSource(proto, str(real.parent), str(real), identity)
     except PermissionError:
         raise ModelError(f"{path}: permission denied") from None
     except _Malformed:
@@ -92,7 +100,7 @@ def _identity(stat: os.stat_result) -> tuple[int, ...]:
 
 def _location(real: Path) -> bytes | None:
     try:
-        str(real.parent).encode("utf-8")
+        str(real).encode("utf-8")
     except UnicodeEncodeError:
         return None
     return os.fsencode(real.name)
@@ -186,18 +194,18 @@ def _reference_weights(buf, location: bytes | None) -> bytes:
 
 
 def _reference_tensor(buf, span: tuple[int, int], location: bytes | None) -> bytes:
-    kept, raw = [], None
-    for number, wire, start, end, payload in _fields(buf, *span):
+    fields = list(_fields(buf, *span))
+    for number, wire, _, _, payload in fields:
         if number == _TENSOR_EXTERNAL_DATA and wire == 2:
             raise _ExternalData
         if number == _TENSOR_DATA_LOCATION and wire == 0 and payload == _EXTERNAL:
             raise _ExternalData
-        if location is None:
-            continue
-        if number == _TENSOR_RAW_DATA and wire == 2 and payload[1] - payload[0] >= _MIN_REFERENCED_BYTES:
-            raw = payload
-        else:
-            kept.append(buf[start:end])
+    if location is None:
+        return b""
+    raws = [payload for number, wire, _, _, payload in fields if number == _TENSOR_RAW_DATA and wire == 2]
+    raw = raws[-1] if raws and raws[-1][1] - raws[-1][0] >= _MIN_REFERENCED_BYTES else None  # the last one counts
+    kept = [buf[start:end] for number, wire, start, end, _ in fields
+            if raw is None or not (number == _TENSOR_RAW_DATA and wire == 2)]
     if raw is not None:
         offset, length = raw[0], raw[1] - raw[0]
         kept.append(_entry(b"location", location))

@@ -52,10 +52,12 @@ def available_cores() -> int:
 
 class Predictor:
     def __init__(self, path: Union[str, os.PathLike], threads: int | None = None, *, few_images: bool = False) -> None:
-        """`few_images`: tune start-up for a handful of images (weights are neither pre-packed nor
-        re-laid out, which saves start-up time and memory but makes each run slower)."""
+        """`few_images`: tune start-up for a one-shot run on a handful of images: the weights are
+        read by reference from the file (one copy, mapped; the file must not be rewritten in place
+        while this Predictor lives), neither pre-packed nor re-laid out. That saves start-up time
+        and memory but makes each run slower. Otherwise onnxruntime loads a private copy."""
         self.path = Path(path)
-        model = read_model(self.path)  # checked; large weights referenced in the file, not copied
+        model = read_model(self.path, reference_weights=few_images)
         import onnxruntime as ort  # heavy; imported only once a model is actually opened
 
         options = ort.SessionOptions()
@@ -72,7 +74,7 @@ class Predictor:
         if model.weights_folder is not None:
             options.add_session_config_entry("session.model_external_initializers_file_folder_path", model.weights_folder)
         try:
-            self.session = ort.InferenceSession(model.proto, options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(model.model, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own pybind types for every failure
             error = f"not a valid ONNX model ({first_line(exc, 300)})"
         else:

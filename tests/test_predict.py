@@ -173,8 +173,9 @@ def test_weights_are_read_from_the_model_file_itself(exported_model, tmp_path, m
     (tmp_path / "links").mkdir()
     link = tmp_path / "links" / "link.onnx"
     link.symlink_to(target)
-    model = read_model(link)
-    assert len(model.proto) < target.stat().st_size / 10 and model.weights_folder == str(folder)
+    model = read_model(link, reference_weights=True)
+    assert len(model.model) < target.stat().st_size / 10 and model.weights_folder == str(folder)
+    assert read_model(link).model == str(target)  # the ordinary load: by path, a private copy
 
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     reference = ort.InferenceSession(str(exported_model), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
@@ -217,13 +218,39 @@ def test_model_replaced_while_loading_is_refused_not_misread(exported_model, tmp
     replacement = tmp_path / "new.onnx"
     onnx.save(other, str(replacement))
 
-    def read_then_replace(p):
-        model = modelfile.read_model(p)
+    def read_then_replace(p, **kwargs):
+        model = modelfile.read_model(p, **kwargs)
         os.replace(replacement, path)
         return model
 
     monkeypatch.setattr(predictor, "read_model", read_then_replace)
     with pytest.raises(ModelError, match="changed while it was loaded"):
-        Predictor(path)
+        Predictor(path, few_images=True)
     monkeypatch.undo()
-    assert Predictor(path).labels == ("cat", "dog", "owl")  # the new file itself is fine
+    assert Predictor(path, few_images=True).labels == ("cat", "dog", "owl")  # the new file itself is fine
+
+
+def test_long_lived_predictor_keeps_its_own_copy_of_the_weights(exported_model, tmp_path):
+    """The default (non one-shot) Predictor must not read the file after loading: rewriting the
+    file in place (cp over it, rsync --inplace) leaves its predictions unchanged."""
+    path = tmp_path / "m.onnx"
+    shutil.copy(exported_model, path)
+    p = Predictor(path)
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    before = p.logits(x)
+    size = path.stat().st_size
+    with open(path, "r+b") as f:  # same inode, every byte after the header replaced
+        f.seek(1024)
+        f.write(os.urandom(size - 1024))
+    np.testing.assert_array_equal(p.logits(x), before)
+
+
+def test_duplicate_raw_data_follows_protobuf_last_one_wins():
+    from runtime import modelfile
+
+    large, small = b"\x01" * 8192, b"\x02" * 16
+    tensor = modelfile._message(9, large) + modelfile._message(9, small)  # raw_data twice
+    assert modelfile._reference_tensor(tensor, (0, len(tensor)), b"m.onnx") == tensor  # inline, as parsed
+    tensor = modelfile._message(9, small) + modelfile._message(9, large)
+    referenced = modelfile._reference_tensor(tensor, (0, len(tensor)), b"m.onnx")
+    assert small not in referenced and large not in referenced and b"m.onnx" in referenced
