@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from typing import Callable, NoReturn, TypeVar
 
 import click
@@ -24,6 +25,9 @@ def fail(message: str, code: int) -> NoReturn:
 
 def run(fn: Callable[[], int | None], *, debug: bool) -> NoReturn:
     """Call `fn` and exit with its code, turning known failures into one line each."""
+    # Pillow warns (two lines naming its own source file) about corrupt metadata, e.g. EXIF, in
+    # images it still decodes; the pixels are used as decoded, so that is not a problem to report.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     try:
         code = fn() or EXIT_OK
     except AlexnetOnnxError as exc:

@@ -3,6 +3,8 @@
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -15,6 +17,7 @@ from PIL import Image
 from benchmarks.fuzz_decode import check as check_decodes  # the one definition of the property
 from runtime import Predictor
 from runtime.cli import main
+from conftest import ROOT
 from test_image import MODES, SAVE_AS
 
 
@@ -141,3 +144,21 @@ def test_names_that_are_not_utf8_and_too_long_paths(exported_model, tmp_path):
     first, second = (json.loads(line) for line in lines)
     assert "label" in first and os.fsencode(first["path"]) == os.fsencode(odd)
     assert "error" in second
+
+
+def test_corrupt_exif_is_classified_without_warning_noise(exported_model, tmp_path):
+    """Pillow warns about corrupt EXIF through `warnings` (two lines naming its source file);
+    the command classifies the pixels and keeps stderr clean. A subprocess: pytest would
+    otherwise capture the warning itself."""
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "a camera maker name long enough to live outside the IFD"
+    good = tmp_path / "exif.jpg"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(good, exif=exif.tobytes())
+    data = bytearray(good.read_bytes())
+    at = data.find(b"Exif") + 6 + 8  # the TIFF header, then the IFD's entry count
+    data[at:at + 2] = b"\xff\x00"
+    bad = tmp_path / "bad_exif.jpg"
+    bad.write_bytes(bytes(data))
+    proc = subprocess.run([sys.executable, "-m", "runtime.cli", "-m", str(exported_model), str(bad)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.startswith(str(bad)) and proc.stderr == ""
