@@ -11,7 +11,7 @@ from torch import nn
 from runtime.contract import Contract
 from runtime.errors import ModelError, first_line
 
-from train.checkpoint import contract_of, load_checkpoint
+from train.checkpoint import contract_of, load_checkpoint, non_finite
 from train.config import TrainConfig
 from train.models import build_model
 
@@ -34,7 +34,7 @@ def model_from_checkpoint(path: Path) -> tuple[nn.Module, Contract, dict]:
         model.load_state_dict(ckpt.get("ema") or ckpt["model"])  # the weights validation scored
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise ModelError(f"{path}: weights do not fit {cfg.arch} with {contract.num_classes} classes ({first_line(exc)})") from None
-    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    bad = non_finite(model)
     if bad:
         raise ModelError(f"{path}: weights contain NaN/inf ({', '.join(bad[:3])}); export a checkpoint from before divergence")
     if cfg.tta:

@@ -180,6 +180,29 @@ def test_divergence_stops_with_exit_5(tiny_folder, tmp_path):
     assert not (tmp_path / "out" / "best.pt").exists()
 
 
+def test_weights_broken_by_an_epochs_last_step_stop_with_exit_5(tiny_folder, tmp_path, monkeypatch):
+    """A finite loss can still be followed by a step that breaks the weights: that epoch must not
+    be saved over the last good one."""
+    import train.loop as loop
+
+    real, epochs = loop._train_epoch, []
+
+    def breaking(step_model, model, *args, **kwargs):
+        row = real(step_model, model, *args, **kwargs)
+        epochs.append(row)
+        if len(epochs) == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return row
+
+    monkeypatch.setattr(loop, "_train_epoch", breaking)
+    out = tmp_path / "out"
+    result = run_cli(*tiny_args(tiny_folder, out, epochs=3))
+    assert result.exit_code == 5 and "weights became NaN/inf in epoch 2" in result.stderr
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["epoch"] == 1 and all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+
+
 def test_unwritable_out_fails_before_training(tiny_folder, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("I am a file")

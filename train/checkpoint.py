@@ -151,3 +151,8 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def non_finite(model: torch.nn.Module) -> list[str]:
+    """Names of the floating-point weights and buffers holding NaN or inf."""
+    return [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]

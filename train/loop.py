@@ -21,7 +21,7 @@ from runtime.errors import DataError, DivergedError, ModelError, StorageError, f
 
 from . import distributed
 from .batches import Data
-from .checkpoint import atomic_write, clean_temp_files, contract_of, load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write, clean_temp_files, contract_of, load_checkpoint, non_finite, save_checkpoint
 from .config import TrainConfig
 from .data import Splits, load_splits
 from .evaluation import FlipAverage, autocast, evaluate
@@ -139,6 +139,11 @@ def _train(cfg: TrainConfig, out: Path, ctx: distributed.Dist, *, resume: bool, 
         row = _train_epoch(step_model, model, ema, data.train(generator), optimizer, scheduler, device, epoch, cfg, out,
                            ctx, data.steps_per_epoch(), len(splits.classes), generator)
         row["bad_images"] += data.store_bad()
+        bad_weights = non_finite(model) + (non_finite(ema.model) if ema is not None else [])
+        if bad_weights:  # the loss was finite, but an epoch's last step can still break the weights
+            raise DivergedError(
+                f"weights became NaN/inf in epoch {epoch + 1} ({', '.join(bad_weights[:3])}); stopped. "
+                f"{out / 'last.pt'} holds the last good epoch ({epoch}); lower --lr and --resume, or start over")
         if row["bad_images"] > cfg.max_bad_images:
             raise DataError(f"{cfg.data_dir}: {row['bad_images']} unreadable images in the training split (more than "
                             f"--max-bad-images {cfg.max_bad_images}); fix or remove them, or raise the limit")
@@ -209,7 +214,7 @@ def _restore(ckpt: dict, model: nn.Module, optimizer, scheduler, ema: Optional[E
             ema.model.load_state_dict(ckpt.get("ema") or ckpt["model"])
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise ModelError(f"{out / 'last.pt'}: does not match this model ({first_line(exc)})") from None
-    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    bad = non_finite(model)
     if bad:
         raise ModelError(f"{out / 'last.pt'}: weights contain NaN/inf ({', '.join(bad[:3])}); cannot resume from it")
     rng = ckpt.get("rng", {})
