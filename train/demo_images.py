@@ -7,6 +7,7 @@ OUT/samples.txt (one image of each of the first five classes).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -28,9 +29,11 @@ def main(data_dir: Path, out: Path) -> None:
         for i, label in enumerate(test.labels):
             target = out / test.classes[label] / f"{counters[label]:04d}.png"
             counters[label] += 1
-            if not target.exists():
+            if not target.exists():  # a run killed mid-write leaves a .tmp, never a truncated PNG
                 target.parent.mkdir(parents=True, exist_ok=True)
-                test.image(i).save(target)
+                temp = target.with_name(target.name + ".tmp")
+                test.image(i).save(temp, format="PNG")
+                os.replace(temp, target)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     samples = [min((root / c).iterdir()) for c in classes[:5]]
     (out / "root.txt").write_text(f"{root}\n")
