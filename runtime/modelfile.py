@@ -76,9 +76,8 @@ def read_model(path: Path, *, reference_weights: bool = False) -> ModelSource:
                 raise ModelError(f"{path}: is empty, not an ONNX model")
             identity = _identity(stat)
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                location = _location(real)  # None: onnxruntime could not take this path as text
-                proto = _reference_weights(buf, location if reference_weights else None)
-                if location is None:
+                proto = _reference_weights(buf, os.fsencode(real.name))  # checks the model as it goes
+                if not _is_utf8(real):  # onnxruntime takes paths as text only: hand it the bytes
                     return ModelSource(bytes(buf), None, str(real), identity)
                 if not reference_weights:
                     return ModelSource(str(real), None, str(real), identity)
@@ -98,12 +97,12 @@ def _identity(stat: os.stat_result) -> tuple[int, ...]:
     return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
-def _location(real: Path) -> bytes | None:
+def _is_utf8(path: Path) -> bool:
     try:
-        str(real).encode("utf-8")
+        str(path).encode("utf-8")
     except UnicodeEncodeError:
-        return None
-    return os.fsencode(real.name)
+        return False
+    return True
 
 
 class _Malformed(Exception):
@@ -174,9 +173,9 @@ def _entry(key: bytes, value: bytes) -> bytes:
     return _message(_TENSOR_EXTERNAL_DATA, _message(_ENTRY_KEY, key) + _message(_ENTRY_VALUE, value))
 
 
-def _reference_weights(buf, location: bytes | None) -> bytes:
+def _reference_weights(buf, location: bytes) -> bytes:
     """The ModelProto in `buf`, each large initializer's raw_data replaced by a reference to
-    `location` (the file `buf` maps); with no location, only the checks (returns b"").
+    `location` (the file `buf` maps): a small copy, as only the large payloads are left out.
     Raises _ExternalData if the model already uses external data."""
     parts = []
     for number, wire, start, end, payload in _fields(buf, 0, len(buf)):
@@ -185,23 +184,21 @@ def _reference_weights(buf, location: bytes | None) -> bytes:
             for gnum, gwire, gstart, gend, gpayload in _fields(buf, *payload):
                 if gnum == _GRAPH_INITIALIZER and gwire == 2:
                     graph.append(_message(_GRAPH_INITIALIZER, _reference_tensor(buf, gpayload, location)))
-                elif location is not None:
+                else:
                     graph.append(buf[gstart:gend])
             parts.append(_message(_MODEL_GRAPH, b"".join(graph)))
-        elif location is not None:
+        else:
             parts.append(buf[start:end])
-    return b"".join(parts) if location is not None else b""
+    return b"".join(parts)
 
 
-def _reference_tensor(buf, span: tuple[int, int], location: bytes | None) -> bytes:
+def _reference_tensor(buf, span: tuple[int, int], location: bytes) -> bytes:
     fields = list(_fields(buf, *span))
     for number, wire, _, _, payload in fields:
         if number == _TENSOR_EXTERNAL_DATA and wire == 2:
             raise _ExternalData
         if number == _TENSOR_DATA_LOCATION and wire == 0 and payload == _EXTERNAL:
             raise _ExternalData
-    if location is None:
-        return b""
     raws = [payload for number, wire, _, _, payload in fields if number == _TENSOR_RAW_DATA and wire == 2]
     raw = raws[-1] if raws and raws[-1][1] - raws[-1][0] >= _MIN_REFERENCED_BYTES else None  # the last one counts
     kept = [buf[start:end] for number, wire, start, end, _ in fields
