@@ -35,7 +35,7 @@ def output_paths(output: Path, quantize: str) -> dict[str, Path]:
     """Where each variant goes: -o for a single variant; with `all`, fp32 at -o and the others
     beside it as NAME.int8.onnx and NAME.fp16.onnx."""
     if quantize == "all":
-        stem = output.name[: -len(".onnx")] if output.name.endswith(".onnx") else output.name
+        stem = output.name.removesuffix(".onnx")
         return {"fp32": output, "int8": output.with_name(f"{stem}.int8.onnx"), "fp16": output.with_name(f"{stem}.fp16.onnx")}
     return {"fp32" if quantize == "none" else quantize: output}
 

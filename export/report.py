@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 
+from runtime.predictor import available_cores
+
 _COLUMNS = [
     ("variant", "variant", "{}"),
     ("size MB", "size_mb", "{:.1f}"),
@@ -59,10 +61,7 @@ def text_table(rows: dict[str, dict]) -> str:
 
 
 def machine() -> str:
-    import os
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{platform.machine()} {platform.processor() or ''}, {cores} cores".replace(" ,", ",")
+    return f"{platform.machine()} {platform.processor() or ''}, {available_cores()} cores".replace(" ,", ",")
 
 
 def markdown_table(rows: dict[str, dict], verify_source: str) -> str:

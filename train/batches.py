@@ -23,7 +23,6 @@ def loader_workers(cfg: TrainConfig, device: torch.device) -> int:
     return min(8, available_cores()) if device.type == "cuda" else 0
 
 
-
 class Data:
     """Batches for each epoch: the in-memory device store, or DataLoaders decoding every epoch."""
 
