@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from runtime.predictor import available_cores
+from runtime.session import available_cores
 
 _COLUMNS = [
     ("variant", "variant", "{}"),

@@ -108,6 +108,22 @@ def _no_network(monkeypatch):
     os.environ.setdefault("NO_PROXY", "*")
 
 
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def proto(number: int, payload, wire: int = 2) -> bytes:
+    """One protobuf field: a length-delimited `payload` (bytes), or a varint (int, wire 0)."""
+    if wire == 0:
+        return varint(number << 3) + varint(payload)
+    return varint(number << 3 | wire) + varint(len(payload)) + payload
+
+
 class Boom:
     """Unpickling this runs a shell command; a safe loader must refuse it."""
 

@@ -160,11 +160,11 @@ def test_predictor_api(exported_model, photos):
 
 
 def test_weights_are_read_from_the_model_file_itself(exported_model, tmp_path, monkeypatch):
-    """onnxruntime gets a small proto whose weights reference the .onnx file (no second copy);
-    the logits equal an ordinary load's, through a symlink, in a non-ASCII folder, from any cwd."""
+    """onnxruntime gets a small proto whose weights reference the open .onnx file (no second
+    copy); the logits equal an ordinary load's, through a symlink, in a non-ASCII folder, from any cwd."""
     import onnxruntime as ort
 
-    from runtime.modelfile import read_model
+    from runtime.modelfile import open_model
 
     folder = tmp_path / "mödels dir"
     folder.mkdir()
@@ -173,9 +173,10 @@ def test_weights_are_read_from_the_model_file_itself(exported_model, tmp_path, m
     (tmp_path / "links").mkdir()
     link = tmp_path / "links" / "link.onnx"
     link.symlink_to(target)
-    model = read_model(link, reference_weights=True)
-    assert len(model.model) < target.stat().st_size / 10 and model.weights_folder == str(folder)
-    assert read_model(link).model == str(target)  # the ordinary load: by path, a private copy
+    with open_model(link, reference_weights=True) as model:
+        assert len(model.source) < target.stat().st_size / 10 and model.weights_folder == os.path.realpath(folder)
+    with open_model(link) as model:  # the ordinary load: the checked descriptor itself, a private copy
+        assert model.source == f"/proc/self/fd/{model.fd}" and model.weights_folder is None
 
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     reference = ort.InferenceSession(str(exported_model), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
@@ -204,9 +205,10 @@ def test_command_writes_all_output_before_its_quick_exit(exported_model, photos,
     assert out.read_text() == predict(*args).stdout and len(out.read_text().splitlines()) == 4
 
 
-def test_model_replaced_while_loading_is_refused_not_misread(exported_model, tmp_path, monkeypatch):
-    """Weights are read by reference into the file: if it is replaced between the scan and
-    onnxruntime's read, the offsets would point into other bytes. That must be an error."""
+@pytest.mark.parametrize("how", ["rename", "in-place"])
+def test_model_changed_while_loading_is_never_misread(exported_model, tmp_path, monkeypatch, how):
+    """A model file renamed over or rewritten in place between the check and onnxruntime's read
+    is refused, on both load paths: the weights never come from bytes that were not checked."""
     import onnx
 
     from runtime import modelfile, predictor
@@ -215,19 +217,28 @@ def test_model_replaced_while_loading_is_refused_not_misread(exported_model, tmp
     shutil.copy(exported_model, path)
     other = onnx.load(str(exported_model))
     other.doc_string = "x" * 1000  # same weights, shifted offsets
+    set_labels = [p for p in other.metadata_props if p.key == "labels"][0]
+    set_labels.value = json.dumps(["x", "y", "z"])
     replacement = tmp_path / "new.onnx"
     onnx.save(other, str(replacement))
 
-    def read_then_replace(p, **kwargs):
-        model = modelfile.read_model(p, **kwargs)
-        os.replace(replacement, path)
+    def open_then_change(p, **kwargs):
+        model = modelfile.open_model(p, **kwargs)
+        if how == "rename":
+            os.replace(replacement, path)
+        else:
+            with open(path, "r+b") as f:
+                f.write(replacement.read_bytes())
         return model
 
-    monkeypatch.setattr(predictor, "read_model", read_then_replace)
-    with pytest.raises(ModelError, match="changed while it was loaded"):
-        Predictor(path, few_images=True)
+    monkeypatch.setattr(predictor, "open_model", open_then_change)
+    for few_images in (True, False):
+        shutil.copy(exported_model, path)
+        onnx.save(other, str(replacement))
+        with pytest.raises(ModelError, match="changed while it was loaded"):
+            Predictor(path, few_images=few_images)
     monkeypatch.undo()
-    assert Predictor(path, few_images=True).labels == ("cat", "dog", "owl")  # the new file itself is fine
+    assert Predictor(path, few_images=True).labels == ("x", "y", "z")  # the new file itself is fine
 
 
 def test_long_lived_predictor_keeps_its_own_copy_of_the_weights(exported_model, tmp_path):
@@ -246,11 +257,13 @@ def test_long_lived_predictor_keeps_its_own_copy_of_the_weights(exported_model, 
 
 
 def test_duplicate_raw_data_follows_protobuf_last_one_wins():
-    from runtime import modelfile
+    from runtime.protowalk import scan_model
+
+    from conftest import proto
 
     large, small = b"\x01" * 8192, b"\x02" * 16
-    tensor = modelfile._message(9, large) + modelfile._message(9, small)  # raw_data twice
-    assert modelfile._reference_tensor(tensor, (0, len(tensor)), b"m.onnx") == tensor  # inline, as parsed
-    tensor = modelfile._message(9, small) + modelfile._message(9, large)
-    referenced = modelfile._reference_tensor(tensor, (0, len(tensor)), b"m.onnx")
-    assert small not in referenced and large not in referenced and b"m.onnx" in referenced
+    for first, last in ((large, small), (small, large)):
+        tensor = proto(8, b"w") + proto(9, first) + proto(9, last)  # raw_data twice
+        model = proto(7, proto(5, tensor))
+        (start, end), = scan_model(model).initializer_data
+        assert model[start:end] == last

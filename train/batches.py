@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from runtime.predictor import available_cores
+from runtime.session import available_cores
 
 from . import distributed
 from .config import TrainConfig

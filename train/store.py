@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from runtime.contract import Preprocess
 from runtime.errors import ImageError
-from runtime.predictor import available_cores
+from runtime.session import available_cores
 from runtime.preprocess import resize_and_crop
 
 from .data import Split
