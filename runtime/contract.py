@@ -19,6 +19,11 @@ VARIANTS = ("fp32", "fp16", "int8")
 IMAGE_POLICY = "exif-alpha-white-16bit-scaled-v1"
 
 REQUIRED_KEYS = ("contract_version", "labels", "preprocess", "arch", "dataset", "variant")
+# Bounds a usable contract stays within: sizes an image can have; mean and std on the 0..1
+# pixel scale, so that every normalized value is finite in float32.
+MAX_SIDE = 65_536
+MAX_MEAN = 1e4
+STD_RANGE = (1e-4, 1e4)
 
 
 class ContractError(ValueError):
@@ -43,17 +48,20 @@ class Preprocess:
     def __post_init__(self) -> None:
         for name in ("resize", "crop"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ContractError(f"preprocess.{name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SIDE:
+                raise ContractError(f"preprocess.{name} must be an integer from 1 to {MAX_SIDE}, got {_short(value)}")
         if self.crop > self.resize:
             raise ContractError(f"preprocess.crop ({self.crop}) must not exceed resize ({self.resize})")
         for name in ("mean", "std"):
             value = getattr(self, name)
-            if len(value) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value):
-                raise ContractError(f"preprocess.{name} must be three finite numbers, got {value!r}")
+            if len(value) != 3 or not all(_is_finite_number(v) for v in value):
+                raise ContractError(f"preprocess.{name} must be three finite numbers, got {_short(value)}")
             object.__setattr__(self, name, tuple(float(v) for v in value))
-        if any(s <= 0 for s in self.std):
-            raise ContractError(f"preprocess.std must be positive, got {self.std!r}")
+        if not all(abs(m) <= MAX_MEAN for m in self.mean):
+            raise ContractError(f"preprocess.mean must lie within +-{MAX_MEAN:g}, got {self.mean!r}")
+        low, high = STD_RANGE
+        if not all(low <= s <= high for s in self.std):
+            raise ContractError(f"preprocess.std must lie in [{low:g}, {high:g}], got {self.std!r}")
         expected = {"interpolation": "bilinear", "color": "RGB", "layout": "NCHW", "scale": "1/255"}
         for name, want in expected.items():
             if getattr(self, name) != want:
@@ -167,10 +175,24 @@ class Contract:
         )
 
 
+def _is_finite_number(value: Any) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _json(meta: Mapping[str, str], key: str, kind: type) -> Any:
     try:
         value = json.loads(meta[key])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: nested too deep
         raise ContractError(f"contract key {key!r} is not valid JSON") from None
     if not isinstance(value, kind):
         raise ContractError(f"contract key {key!r} must be a JSON {kind.__name__}")

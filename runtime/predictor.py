@@ -14,18 +14,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Union
 
 import numpy as np
 from PIL import Image
 
 from .contract import Contract, ContractError
-from .errors import ModelError, first_line
-from .image import ImageSource, load_image
-from .modelfile import read_model
+from .errors import ImageError, ModelError, first_line
+from .image import DECODES, ImageSource, decode, decode_cost, opened
+from .modelfile import open_model
 from .preprocess import preprocess
+from .session import create_session
 
 PredictInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_OUTPUT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,8 @@ class Prediction:
         }
 
 
-def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+class OutputError(ImageError):
+    """The model's output for one image cannot be turned into a prediction (NaN or infinity)."""
 
 
 class Predictor:
@@ -55,89 +55,109 @@ class Predictor:
         """`few_images`: tune start-up for a one-shot run on a handful of images: the weights are
         read by reference from the file (one copy, mapped; the file must not be rewritten in place
         while this Predictor lives), neither pre-packed nor re-laid out. That saves start-up time
-        and memory but makes each run slower. Otherwise onnxruntime loads a private copy."""
-        self.path = Path(path)
-        model = read_model(self.path, reference_weights=few_images)
-        import onnxruntime as ort  # heavy; imported only once a model is actually opened
+        and memory but makes each run slower. Otherwise onnxruntime loads a private copy.
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or available_cores()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # Idle intra-op threads must not spin: on a small CPU the decode threads need those cycles.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if few_images:
-            options.add_session_config_entry("session.disable_prepacking", "1")
-            # No NCHWc layout pass: reordering the fp32 conv weights costs ~30 ms at start-up and
-            # saves ~5 ms per image (measured, alexnet, 2-core AVX2).
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        if model.weights_folder is not None:
-            options.add_session_config_entry("session.model_external_initializers_file_folder_path", model.weights_folder)
-        try:
-            self.session = ort.InferenceSession(model.model, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own pybind types for every failure
-            error = f"not a valid ONNX model ({first_line(exc, 300)})"
-        else:
-            error = None
-        if model.changed():  # replaced mid-load: weights may have come from the new file
-            raise ModelError(f"{self.path}: the file changed while it was loaded; run again once it is written")
+        Every defect of the file, its contract or its signature raises ModelError (one line)."""
+        self.path = Path(path)
+        with open_model(self.path, reference_weights=few_images) as model:
+            try:
+                self.contract = Contract.from_metadata(model.metadata)
+            except ContractError as exc:
+                raise ModelError(f"{self.path}: {exc}") from None
+            try:
+                self.session = create_session(model.source, threads=threads, few_images=few_images,
+                                              weights_folder=model.weights_folder)
+            except Exception as exc:  # onnxruntime raises its own pybind types for every failure
+                error = f"not a valid ONNX model ({first_line(exc, 300)})"
+            else:
+                error = None
+            if model.changed():  # rewritten mid-load: weights may have come from other bytes
+                raise ModelError(f"{self.path}: the file changed while it was loaded; run again once it is written")
         if error:
             raise ModelError(f"{self.path}: {error}")
-        meta = self.session.get_modelmeta().custom_metadata_map
-        try:
-            self.contract = Contract.from_metadata(meta)
-        except ContractError as exc:
-            raise ModelError(f"{self.path}: {exc}") from None
         self._check_signature()
 
     def _check_signature(self) -> None:
+        """The one input and first output must fit the contract; a fixed batch size is kept and
+        honoured; a class count that shape inference leaves open is settled by a tiny run."""
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise ModelError(f"{self.path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
         crop = self.contract.preprocess.crop
-        shape = list(inputs[0].shape)
+        spec, out = inputs[0], outputs[0]
+        if spec.type not in _FLOAT_TYPES:
+            raise ModelError(f"{self.path}: input {spec.name!r} is {spec.type}; expected tensor(float) or tensor(float16)")
+        if out.type not in _OUTPUT_TYPES:
+            raise ModelError(f"{self.path}: output {out.name!r} is {out.type}; expected a float tensor")
+        shape = list(spec.shape)
         if len(shape) != 4 or shape[1:] != [3, crop, crop]:
             raise ModelError(
                 f"{self.path}: input shape {shape} does not match the contract (batch, 3, {crop}, {crop})"
             )
-        out = list(outputs[0].shape)
-        if len(out) != 2 or (isinstance(out[1], int) and out[1] != self.contract.num_classes):
+        oshape = list(out.shape)
+        if len(oshape) != 2 or (isinstance(oshape[1], int) and oshape[1] != self.contract.num_classes):
             raise ModelError(
-                f"{self.path}: output shape {out} does not match the contract's "
+                f"{self.path}: output shape {oshape} does not match the contract's "
                 f"{self.contract.num_classes} labels"
             )
-        self.input_name = inputs[0].name
-        self.input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
+        batch = shape[0] if isinstance(shape[0], int) else None
+        if batch is not None and batch < 1:
+            raise ModelError(f"{self.path}: input batch dimension is {batch}")
+        self.input_name, self.output_name = spec.name, out.name
+        self.input_dtype = _FLOAT_TYPES[spec.type]
+        self.fixed_batch = batch
+        if not isinstance(oshape[1], int):
+            self.logits(np.zeros((batch or 1, 3, crop, crop), np.float32))
 
     @property
     def labels(self) -> tuple[str, ...]:
         return self.contract.labels
 
     def preprocess(self, image: ImageSource) -> np.ndarray:
-        """A path or PIL image -> float32 array (3, crop, crop), exactly the training eval transform."""
-        return preprocess(load_image(image), self.contract.preprocess)
+        """A path or PIL image -> float32 array (3, crop, crop), exactly the training eval transform.
+        Decoding waits for room in the process-wide decode budget (runtime.image.DECODES)."""
+        with opened(image) as im, DECODES.hold(decode_cost(im)):
+            return preprocess(decode(im), self.contract.preprocess)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Raw model outputs (float32) for a preprocessed batch (N, 3, crop, crop)."""
-        out = self.session.run(None, {self.input_name: batch.astype(self.input_dtype, copy=False)})[0]
-        return out.astype(np.float32, copy=False)
+        """Raw model outputs (float32, (N, classes)) for a preprocessed batch (N, 3, crop, crop),
+        run in pieces of the model's fixed batch size if it has one."""
+        step = self.fixed_batch or max(1, len(batch))
+        parts = [self._run(batch[i:i + step]) for i in range(0, len(batch), step)]
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        if self.fixed_batch and n < self.fixed_batch:  # pad a short last piece
+            batch = np.concatenate([batch, np.zeros((self.fixed_batch - n, *batch.shape[1:]), batch.dtype)])
+        try:
+            out = self.session.run([self.output_name], {self.input_name: batch.astype(self.input_dtype, copy=False)})[0]
+        except Exception as exc:  # onnxruntime's pybind errors: the model cannot run
+            raise ModelError(f"{self.path}: the model failed to run ({first_line(exc, 300)})") from None
+        if not isinstance(out, np.ndarray) or out.shape != (len(batch), self.contract.num_classes):
+            shape = getattr(out, "shape", type(out).__name__)
+            raise ModelError(
+                f"{self.path}: the model output {shape} for a batch of {len(batch)}, "
+                f"not (batch, {self.contract.num_classes}) as its labels say"
+            )
+        return out[:n].astype(np.float32, copy=False)
 
     def predict(self, images: Iterable[PredictInput], top_k: int = 5) -> list[Prediction]:
-        """Classify paths, PIL images or already preprocessed arrays; one Prediction each, in order."""
+        """Classify paths, PIL images or already preprocessed arrays; one Prediction each, in order.
+        An image whose output is not finite raises OutputError."""
         arrays = [x if isinstance(x, np.ndarray) else self.preprocess(x) for x in images]
         if not arrays:
             return []
-        return self.predictions(self.logits(np.stack(arrays)), top_k)
+        return [self.prediction(row, top_k) for row in self.logits(np.stack(arrays))]
 
-    def predictions(self, logits: np.ndarray, top_k: int = 5) -> list[Prediction]:
-        probs = softmax(logits)
-        k = max(1, min(top_k, probs.shape[1]))
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return [self._prediction(row, idx) for row, idx in zip(probs, order)]
-
-    def _prediction(self, row: np.ndarray, idx: Sequence[int]) -> Prediction:
-        top = tuple((self.labels[i], float(row[i])) for i in idx)
-        return Prediction(label=top[0][0], score=top[0][1], index=int(idx[0]), top_k=top)
+    def prediction(self, logits: np.ndarray, top_k: int = 5) -> Prediction:
+        """The Prediction for one image's logits (classes,); OutputError if any is NaN or infinite."""
+        if not np.isfinite(logits).all():
+            raise OutputError("the model's output is not finite (NaN or infinity); the model is broken")
+        probs = softmax(logits[None])[0]
+        order = np.argsort(-probs, kind="stable")[: max(1, min(top_k, len(probs)))]
+        top = tuple((self.labels[i], float(probs[i])) for i in order)
+        return Prediction(label=top[0][0], score=top[0][1], index=int(order[0]), top_k=top)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
