@@ -1,6 +1,6 @@
 """The image policy: how any file or PIL image becomes the 8-bit RGB image the model sees.
 
-Training datasets and the runtime both call `load_image` / `to_rgb`, so a photo is read the same
+Training datasets and the runtime both call `load_image` (or `opened` + `decode`), so a photo is read the same
 way in both places (the contract names this policy `IMAGE_POLICY`):
 
 - EXIF orientation is applied (`ImageOps.exif_transpose`); multi-frame files use the first frame;
@@ -10,18 +10,25 @@ way in both places (the contract names this policy `IMAGE_POLICY`):
   float images are clipped to [0, 1];
 - every other mode (L, 1, P, CMYK, YCbCr, ...) goes through Pillow's `convert("RGB")`.
 
-Only the formats in `ALLOWED_FORMATS` are opened, and images over `MAX_PIXELS` are refused from
-their header, before any pixel is decoded.
+Only regular files are opened (a FIFO or device is refused without blocking), only in the
+formats in `ALLOWED_FORMATS`; images over `MAX_PIXELS`, or whose decoding would need more than
+`DECODE_BUDGET` bytes (estimated from the header: bytes per pixel of the decoded mode, the
+conversion and the EXIF rotation), are refused before any pixel is decoded. Conversions work in
+bands of rows, so a deep image costs its decoded size plus its 8-bit result, and grey images stay
+one byte per pixel (`decode` returns "L" or "RGB"; `load_image` always RGB).
 """
 
 from __future__ import annotations
 
 import os
+import stat
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 # Register exactly the allowed formats (cheaper than Image.init(), which imports every plugin).
 from PIL import (  # noqa: F401
     BmpImagePlugin,
@@ -43,21 +50,35 @@ IMAGE_SUFFIXES = frozenset(
 )
 # Pillow's own default bomb threshold; we refuse (rather than warn) above it.
 MAX_PIXELS = 89_478_485
+# Bytes that all images being decoded at once may hold; one image needing more is refused.
+DECODE_BUDGET = 1 << 30
+# Bytes per pixel Pillow holds for a decoded image of each mode (RGB and friends use 4).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
+_DEEP_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_BAND_PIXELS = 1 << 20  # pixels converted at a time: temporaries stay a few MB
 
 ImageSource = Union[str, os.PathLike, Image.Image]
 
 
 def load_image(source: ImageSource) -> Image.Image:
     """Open a path (or take a PIL image) and return it as 8-bit RGB under the policy above."""
+    with opened(source) as im:
+        out = decode(im)
+        return out if out.mode == "RGB" else out.convert("RGB")
+
+
+@contextmanager
+def opened(source: ImageSource) -> Iterator[Image.Image]:
+    """The image at `source`, its header read and checked, not yet decoded (a PIL image passes
+    through). Failures inside the block, decoding included, become one-line ImageErrors."""
     if isinstance(source, Image.Image):
-        return to_rgb(_first_frame_upright(source))
+        yield source
+        return
     path = Path(source)
     try:
-        with Image.open(path, formats=ALLOWED_FORMATS) as im:
+        with _open_regular(path) as f, Image.open(f, formats=ALLOWED_FORMATS) as im:
             _check_size(im, path)
-            im = _first_frame_upright(im)
-            im.load()
-            return to_rgb(im)
+            yield im
     except ImageError:
         raise
     except FileNotFoundError:
@@ -77,6 +98,18 @@ def load_image(source: ImageSource) -> Image.Image:
         raise ImageError(f"{path}: cannot decode image ({first_line(exc)})") from None
 
 
+def _open_regular(path: Path):
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (regular files ignore the flag).
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError
+        raise ImageError(f"{path}: not a regular file (a pipe, socket or device); skipped")
+    return os.fdopen(fd, "rb")
+
+
 def _check_size(im: Image.Image, path: Path) -> None:
     w, h = im.size
     if w < 1 or h < 1:
@@ -85,41 +118,115 @@ def _check_size(im: Image.Image, path: Path) -> None:
         raise ImageError(
             f"{path}: refused as a possible decompression bomb ({w}x{h} = {w * h} pixels > {MAX_PIXELS})"
         )
+    cost = decode_cost(im)
+    if cost > DECODE_BUDGET:
+        raise ImageError(
+            f"{path}: decoding this {w}x{h} {im.mode} image needs ~{cost >> 20} MiB, "
+            f"more than the {DECODE_BUDGET >> 20} MiB budget"
+        )
 
 
 _EXIF_ORIENTATION = 0x0112
+_TRANSPOSE = {  # EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
-def _first_frame_upright(im: Image.Image) -> Image.Image:
-    # A freshly opened file is at its first frame; only transpose (which copies) when needed.
-    if im.getexif().get(_EXIF_ORIENTATION, 1) in (2, 3, 4, 5, 6, 7, 8):
-        return ImageOps.exif_transpose(im)
-    return im
+def _orientation(im: Image.Image) -> int:
+    return im.getexif().get(_EXIF_ORIENTATION, 1)
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB following the policy in this module's docstring."""
+def _converts(im: Image.Image) -> bool:
+    return not (im.mode in ("RGB", "L") and "transparency" not in im.info)
+
+
+def decode_cost(im: Image.Image) -> int:
+    """Peak bytes `decode` holds for `im` (from its header): the decoded image, its 8-bit
+    conversion and its rotated copy."""
+    pixels = im.size[0] * im.size[1]
+    decoded = _MODE_BYTES.get(im.mode, 4)
+    out = (1 if im.mode in _DEEP_GREY + ("1",) else 4) if _converts(im) else 0
+    rotated = (out or decoded) if _orientation(im) in _TRANSPOSE else 0
+    return pixels * (decoded + out + rotated)
+
+
+def decode(im: Image.Image) -> Image.Image:
+    """Decode (a fresh file is at its first frame) and apply the policy: 8-bit "RGB", or "L"
+    for grey images, upright. Per-pixel conversion first, then the rotation: the same pixels as
+    rotating first, with one full-size copy less."""
+    orientation = _orientation(im)
+    im.load()
+    out = _to_8bit(im)
+    if orientation in _TRANSPOSE:
+        out = out.transpose(_TRANSPOSE[orientation])
+    return out
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
     mode = im.mode
-    if mode == "RGB" and "transparency" not in im.info:
+    if not _converts(im):
         return im
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        "transparency" in im.info and mode in ("P", "L", "RGB", "1")
-    ):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    if mode.startswith("I;16") or mode == "I":
-        values = np.asarray(im).astype(np.int64)
-        if mode == "I" and (values.min(initial=0) < 0 or values.max(initial=0) > 65535):
-            eight = np.clip(values, 0, 2**31 - 1) >> 23
-        else:
-            eight = (values + 128) // 257
-        return _gray_to_rgb(eight.astype(np.uint8))
-    if mode == "F":
-        values = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0)
-        return _gray_to_rgb(np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8))
-    return im.convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        return _banded(im, "RGB", _onto_white)
+    if mode in _DEEP_GREY:
+        low, high = im.getextrema()
+        wide = mode == "I" and (low < 0 or high > 65535)
+        return _banded(im, "L", lambda band: _grey_to_8bit(band, wide))
+    return im.convert("L" if mode == "1" else "RGB")
 
 
-def _gray_to_rgb(gray: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.ascontiguousarray(np.stack([gray] * 3, axis=-1)), "RGB")
+def _banded(im: Image.Image, mode: str, convert) -> Image.Image:
+    """`convert` applied to bands of rows of `im`, pasted into one new `mode` image."""
+    w, h = im.size
+    out = Image.new(mode, im.size)
+    rows = max(1, _BAND_PIXELS // w)
+    for top in range(0, h, rows):
+        out.paste(convert(im.crop((0, top, w, min(h, top + rows)))), (0, top))
+    return out
+
+
+def _onto_white(band: Image.Image) -> Image.Image:
+    rgba = band.convert("RGBA")
+    white = Image.new("RGBA", band.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _grey_to_8bit(band: Image.Image, wide: bool) -> Image.Image:
+    if band.mode == "F":
+        values = np.nan_to_num(np.asarray(band, dtype=np.float64), nan=0.0)
+        eight = np.rint(np.clip(values, 0.0, 1.0) * 255.0)
+    elif wide:  # 32-bit values beyond 16 bits: scale from 0..2**31-1
+        eight = np.clip(np.asarray(band).astype(np.int64), 0, 2**31 - 1) >> 23
+    else:  # 16 bits of range: value/257, rounded
+        eight = (np.asarray(band).astype(np.int64) + 128) // 257
+    return Image.fromarray(np.ascontiguousarray(eight.astype(np.uint8)), "L")
+
+
+class MemoryBudget:
+    """A byte semaphore: `hold(n)` waits until n more bytes fit under the limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, amount: int) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self.used == 0 or self.used + amount <= self.limit)
+            self.used += amount
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= amount
+                self._cond.notify_all()
+
+
+# Shared by every decode in this process, so any number of decode threads stays within it.
+DECODES = MemoryBudget(DECODE_BUDGET)

@@ -59,17 +59,18 @@ def _lookup_table(spec: Preprocess) -> np.ndarray:
 
 
 def to_array(im: Image.Image, spec: Preprocess) -> np.ndarray:
-    """RGB PIL image -> normalized float32 array (3, H, W)."""
-    hwc = np.asarray(im, dtype=np.uint8)
+    """RGB or L PIL image -> normalized float32 array (3, H, W); L counts as R = G = B."""
+    pixels = np.asarray(im, dtype=np.uint8)
     table = _lookup_table(spec)
-    out = np.empty((3, hwc.shape[0], hwc.shape[1]), dtype=np.float32)
+    out = np.empty((3, pixels.shape[0], pixels.shape[1]), dtype=np.float32)
     for channel in range(3):
-        np.take(table[channel], hwc[:, :, channel], out=out[channel])
+        np.take(table[channel], pixels if pixels.ndim == 2 else pixels[:, :, channel], out=out[channel])
     return out
 
 
 def preprocess(im: Image.Image, spec: Preprocess) -> np.ndarray:
-    """An 8-bit RGB PIL image (see runtime.image.load_image) -> float32 array (3, crop, crop)."""
-    if im.mode != "RGB":
-        raise ValueError(f"preprocess expects an RGB image, got mode {im.mode!r} (use runtime.image.load_image)")
+    """An 8-bit RGB or grey (L) PIL image (see runtime.image) -> float32 array (3, crop, crop).
+    Pillow resamples each channel alike, so an L image gives exactly what its RGB copy would."""
+    if im.mode not in ("RGB", "L"):
+        raise ValueError(f"preprocess expects an RGB or L image, got mode {im.mode!r} (use runtime.image.load_image)")
     return to_array(resize_and_crop(im, spec), spec)

@@ -169,3 +169,110 @@ def test_missing_file_and_directory(tmp_path):
         load_image(tmp_path / "nope.jpg")
     with pytest.raises(ImageError, match="directory"):
         load_image(tmp_path)
+
+
+# -- memory: a budget in bytes, conversions in bands ----------------------------------------------
+
+from runtime import image as image_module  # noqa: E402
+
+
+def _reference_policy(im: Image.Image) -> np.ndarray:
+    """The policy written plainly, whole-image (how it was before conversions went by bands)."""
+    mode = im.mode
+    if mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        return np.asarray(Image.alpha_composite(Image.new("RGBA", im.size, (255,) * 4), rgba).convert("RGB"))
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(im).astype(np.int64)
+        wide = mode == "I" and (values.min() < 0 or values.max() > 65535)
+        eight = (np.clip(values, 0, 2**31 - 1) >> 23) if wide else (values + 128) // 257
+        return np.stack([eight.astype(np.uint8)] * 3, axis=-1)
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0)
+        return np.stack([np.rint(np.clip(values, 0, 1) * 255).astype(np.uint8)] * 3, axis=-1)
+    return np.asarray(im.convert("RGB"))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "I-wide", "F", "RGBA", "LA", "P-transparent"])
+def test_banded_conversion_equals_the_whole_image_policy(mode, monkeypatch):
+    monkeypatch.setattr(image_module, "_BAND_PIXELS", 97)  # many bands, ragged last one
+    rng = np.random.default_rng(7)
+    h, w = 41, 23
+    if mode == "I;16":
+        im = Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16))
+    elif mode.startswith("I"):
+        high = 2**31 - 1 if mode == "I-wide" else 65536
+        im = Image.fromarray(rng.integers(-5 if mode == "I-wide" else 0, high, (h, w)).astype(np.int32), "I")
+    elif mode == "F":
+        values = rng.normal(0.5, 0.6, (h, w)).astype(np.float32)
+        values[0, :3] = [np.nan, np.inf, -np.inf]
+        im = Image.fromarray(values, "F")
+    elif mode == "P-transparent":
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert("P")
+        im.info["transparency"] = 3
+    else:
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA").convert(mode)
+    np.testing.assert_array_equal(np.asarray(load_image(im)), _reference_policy(im))
+
+
+def test_deep_images_convert_in_bounded_numpy_memory(tmp_path):
+    """A 12-Mpixel 16-bit scan: the whole-image conversion allocated ~200 MB of int64 temporaries."""
+    import tracemalloc
+
+    path = tmp_path / "scan.png"
+    Image.fromarray(np.tile(np.arange(4000, dtype=np.uint16) * 16, (3000, 1))).save(path, compress_level=1)
+    tracemalloc.start()
+    try:
+        with image_module.opened(path) as im:
+            out = image_module.decode(im)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.mode == "L" and out.size == (4000, 3000)
+    assert peak < 40 << 20, f"numpy temporaries peaked at {peak >> 20} MiB"
+
+
+@pytest.mark.parametrize(
+    "mode,orientation,per_pixel",
+    [("RGB", 1, 4), ("L", 1, 1), ("L", 6, 2), ("I;16", 1, 3), ("I;16", 8, 4), ("F", 1, 5), ("RGBA", 1, 8),
+     ("RGB", 6, 8), ("CMYK", 3, 12), ("1", 1, 2)],
+)
+def test_decode_cost_counts_bytes_not_pixels(mode, orientation, per_pixel):
+    im = Image.new(mode, (10, 20))
+    if orientation != 1:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        im.info["exif"] = exif.tobytes()
+    assert image_module.decode_cost(im) == 200 * per_pixel
+
+
+def test_images_over_the_byte_budget_are_refused_from_the_header(tmp_path, monkeypatch):
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.zeros((100, 100), np.uint16)).save(path)
+    monkeypatch.setattr(image_module, "DECODE_BUDGET", 100 * 100 * 3 - 1)  # needs 2 + 1 bytes a pixel
+    with pytest.raises(ImageError, match="needs ~0 MiB, more than the 0 MiB budget"):
+        load_image(path)
+
+
+def test_the_decode_budget_holds_back_what_does_not_fit():
+    import threading
+
+    budget = image_module.MemoryBudget(100)
+    inside, peak = [0], [0]
+    lock = threading.Lock()
+
+    def work(amount):
+        with budget.hold(amount):
+            with lock:
+                inside[0] += amount
+                peak[0] = max(peak[0], inside[0])
+            threading.Event().wait(0.01)
+            with lock:
+                inside[0] -= amount
+
+    threads = [threading.Thread(target=work, args=(a,)) for a in [60, 50, 40, 30, 70, 20] * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] <= 100 and budget.used == 0

@@ -66,6 +66,15 @@ def test_extreme_aspect_ratio_stays_bounded_and_close():
     assert np.abs(ours - theirs).max() <= 1.01 / 255 / min(spec.std)
 
 
-def test_requires_rgb():
-    with pytest.raises(ValueError, match="RGB"):
-        preprocess(Image.new("L", (10, 10)), SPECS[0])
+def test_requires_rgb_or_grey():
+    with pytest.raises(ValueError, match="RGB or L"):
+        preprocess(Image.new("RGBA", (10, 10)), SPECS[0])
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 5), (300, 40), (513, 257), (1, 20000)])
+def test_grey_images_give_exactly_what_their_rgb_copy_gives(size):
+    """Grey images stay one byte per pixel (bounded memory for huge 16-bit scans): the result
+    must be bit-identical to preprocessing the RGB copy, on both resize paths."""
+    grey = Image.fromarray(np.random.default_rng(size[0]).integers(0, 256, size[::-1], dtype=np.uint8), "L")
+    for spec in SPECS:
+        np.testing.assert_array_equal(preprocess(grey, spec), preprocess(grey.convert("RGB"), spec))
