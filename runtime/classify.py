@@ -21,6 +21,7 @@ import numpy as np
 from .errors import ImageError, first_line
 from .inputs import InputItem, Missing
 from .predictor import Prediction, Predictor
+from .terminal import printable
 
 FORMATS = ("text", "json", "csv")
 
@@ -67,9 +68,14 @@ def _finish(predictor: Predictor, chunk: list, futures: list, *, top_k: int) -> 
             outcome.append(Result(item, error=str(exc)))
         except Exception as exc:  # never let one odd file stop the others
             outcome.append(Result(item, error=f"{item}: cannot use image ({type(exc).__name__}: {first_line(exc)})"))
-    preds = iter(predictor.predictions(predictor.logits(np.stack(arrays)), top_k) if arrays else [])
+    rows = iter(predictor.logits(np.stack(arrays)) if arrays else [])
     for item, result in zip(chunk, outcome):
-        yield result if result is not None else Result(item, prediction=next(preds))
+        if result is None:
+            try:
+                result = Result(item, prediction=predictor.prediction(next(rows), top_k))
+            except ImageError as exc:  # a non-finite output: this image fails, the others stand
+                result = Result(item, error=f"{item}: {exc}")
+        yield result
 
 
 class Writer:
@@ -85,28 +91,20 @@ class Writer:
         pred = result.prediction
         if self.fmt == "json":  # lossless: os.fsencode(obj["path"]) gives back the file's bytes
             path = str(result.path)
-            obj = {"path": path, **pred.to_dict()} if pred else {"path": path, "error": _safe(result.error or "")}
-            self.out.write(json.dumps(obj) + "\n")  # ASCII escapes keep any name valid JSON
+            obj = {"path": path, **pred.to_dict()} if pred else {"path": path, "error": printable(result.error or "")}
+            # ASCII escapes keep any name valid JSON and inert on a terminal; no NaN ever.
+            self.out.write(json.dumps(obj, allow_nan=False) + "\n")
             return
-        path = _safe(str(result.path))
+        path = printable(str(result.path))
+        top_k = [(printable(label), score) for label, score in pred.top_k] if pred else []
         if self.fmt == "csv":
             if pred is None:
-                self.csv.writerow([path, "", "", "", _safe(result.error or "")])
-            for rank, (label, score) in enumerate(pred.top_k if pred else (), start=1):
+                self.csv.writerow([path, "", "", "", printable(result.error or "")])
+            for rank, (label, score) in enumerate(top_k, start=1):
                 self.csv.writerow([path, rank, label, f"{score:.6f}", ""])
         elif pred is None:
             self.out.flush()
-            self.err.write(f"error: {_printable(result.error or '')}\n")
+            self.err.write(f"error: {printable(result.error or '')}\n")
         else:
-            ranked = " | ".join(f"{label} {score:.4f}" for label, score in pred.top_k)
-            self.out.write(f"{_printable(path)}\t{ranked}\n")
-
-
-def _safe(text: str) -> str:
-    """File names that are not valid UTF-8 (surrogate-escaped by Python) as backslash escapes."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _printable(text: str) -> str:
-    """Keep one result per line in text output: escape control characters in file names."""
-    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+            ranked = " | ".join(f"{label} {score:.4f}" for label, score in top_k)
+            self.out.write(f"{path}\t{ranked}\n")

@@ -12,6 +12,7 @@ import click
 
 from .cliutil import debug_option, run
 from .errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
+from .terminal import printable
 
 # Up to this many plain files, start-up time matters more than per-image speed.
 FEW_IMAGES = 4
@@ -52,7 +53,8 @@ def main(
             raise UsageError("give either PATHs or --eval DIR, not both")
         if eval_dir is None and not paths:
             raise UsageError("no PATH given (images, directories or globs), and no --eval DIR")
-        from .predictor import Predictor, available_cores
+        from .predictor import Predictor
+        from .session import available_cores
 
         few = eval_dir is None and len(paths) <= FEW_IMAGES and all(_is_file(p) for p in paths)
         predictor = Predictor(model, threads=threads, few_images=few)
@@ -97,7 +99,7 @@ def _evaluate(predictor, root: Path, fmt: str, batch_size: int, workers: int) ->
     from .evaluate import evaluate
 
     def on_error(message: str) -> None:
-        click.echo(f"error: {message}", err=True)
+        click.echo(f"error: {printable(message)}", err=True)
 
     def on_progress(done: int) -> None:
         if sys.stderr.isatty() and done % 256 == 0:
@@ -105,11 +107,11 @@ def _evaluate(predictor, root: Path, fmt: str, batch_size: int, workers: int) ->
 
     report = evaluate(predictor, root, batch_size=batch_size, workers=workers, on_error=on_error, on_progress=on_progress)
     if fmt == "json":
-        click.echo(json.dumps(report.to_dict()))
+        click.echo(json.dumps(report.to_dict(), allow_nan=False))
     else:
         click.echo(f"top-1 {report.top1:.4f}  top-5 {report.top5:.4f}  n {report.n}  failed {report.failed}")
         for label, stats in report.per_class.items():
-            click.echo(f"  {label:<20} top-1 {stats['top1']:.4f}  n {stats['n']}")
+            click.echo(f"  {printable(label):<20} top-1 {stats['top1']:.4f}  n {stats['n']}")
     return EXIT_SOME_FAILED if report.failed else EXIT_OK
 
 

@@ -12,6 +12,7 @@ from typing import Callable, NoReturn, TypeVar
 import click
 
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, AlexnetOnnxError, first_line
+from .terminal import printable
 
 T = TypeVar("T")
 
@@ -19,7 +20,7 @@ debug_option = click.option("--debug", is_flag=True, help="Show tracebacks for e
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {printable(message)}", err=True)
     sys.exit(code)
 
 
