@@ -44,15 +44,15 @@ import numpy, PIL.Image; t.append(time.perf_counter())
 import onnxruntime; t.append(time.perf_counter())
 import runtime.predictor, runtime.classify; t.append(time.perf_counter())
 from pathlib import Path
-runtime.predictor.read_model(Path(sys.argv[1])); t.append(time.perf_counter())
+runtime.predictor.open_model(Path(sys.argv[1]), reference_weights=True).close(); t.append(time.perf_counter())
 p = runtime.predictor.Predictor(sys.argv[1], few_images=True); t.append(time.perf_counter())
 x = p.preprocess(sys.argv[2]); t.append(time.perf_counter())
 p.predict([x]); t.append(time.perf_counter())
 print(json.dumps([b - a for a, b in zip(t, t[1:])]))
 """
 PHASES = ("import click + runtime.cli", "import numpy + PIL", "import onnxruntime",
-          "import runtime (image policy, formats)", "read model (checks, references)",
-          "Predictor (read again, session, contract)", "decode + preprocess", "inference")
+          "import runtime (image policy, formats)", "open + walk model (checks, references)",
+          "Predictor (walk again, session, contract)", "decode + preprocess", "inference")
 
 
 def phases(model: Path, image: Path, repeats: int) -> list[float]:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from benchmarks.fuzz_decode import check as check_decodes  # the one definition of the property
+from fuzzing import check_decodes  # the one definition of the property
 from runtime import Predictor
 from runtime.cli import main
 from conftest import ROOT

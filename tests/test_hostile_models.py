@@ -1,0 +1,462 @@
+"""Model files and inputs built by an attacker: onnx-predict opens no file but the model, refuses
+every defect with exit 3 before reading images, never blocks, never prints raw control
+characters and never prints a score it did not compute from finite numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import ROOT, make_image, proto
+from fuzzing import MUTATIONS, check_model_file, mutate
+from runtime import Predictor
+from runtime.cli import main
+from runtime.errors import ModelError
+from runtime.modelfile import open_model
+
+onnx = pytest.importorskip("onnx")  # the attack files are built with onnx ([train]/[dev] extras)
+from onnx import TensorProto, helper  # noqa: E402
+
+CONTROL = [chr(c) for c in range(0x20) if c != 0x20] + ["\x7f", "\x9b", "\u2028", "\u202e"]
+
+
+def cli(*args, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    """onnx-predict in a fresh process (what a terminal sees, onnxruntime's own C++ output included);
+    a hang fails the test instead of blocking the suite."""
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=timeout, errors="surrogateescape", **kwargs)
+
+
+@pytest.fixture()
+def images(tmp_path) -> list[Path]:
+    rng = np.random.default_rng(3)
+    (tmp_path / "imgs").mkdir()
+    paths = [tmp_path / "imgs" / f"{i}.png" for i in range(6)]
+    for i, path in enumerate(paths):
+        make_image(i % 3, (40, 36), rng).save(path)
+    return paths
+
+
+def load(exported_model) -> "onnx.ModelProto":
+    return onnx.load(str(exported_model))
+
+
+def save(model, folder: Path, name: str = "m.onnx") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    onnx.save(model, str(path))
+    return path
+
+
+def set_meta(model, key: str, value: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+
+
+def add_to_logits(model, nodes: list, extra: str) -> None:
+    """Make the graph's output logits + `extra` (a float tensor of shape (3,) made by `nodes`)."""
+    producer = next(n for n in model.graph.node if "logits" in n.output)
+    producer.output[list(producer.output).index("logits")] = "logits_pre"
+    model.graph.node.extend([*nodes, helper.make_node("Add", ["logits_pre", extra], ["logits"])])
+
+
+def external(name: str, location: str = "decoy.bin", dims=(3,), dtype=TensorProto.FLOAT) -> TensorProto:
+    tensor = TensorProto(name=name, data_type=dtype, dims=list(dims), data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", "0"), ("length", str(4 * int(np.prod(dims))))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def constant(output: str, tensor: TensorProto):
+    return helper.make_node("Constant", [], [output], value=tensor)
+
+
+def branch(name: str, nodes: list, out: str, initializers=()) -> "onnx.GraphProto":
+    return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, [3])],
+                             list(initializers))
+
+
+def true_const(name: str) -> TensorProto:
+    return helper.make_tensor(name, TensorProto.BOOL, [], [True])
+
+
+def with_external(kind: str, model) -> None:
+    """Put a tensor whose data lies in decoy.bin (beside the model) somewhere in `model`."""
+    g = model.graph
+    if kind == "initializer":
+        g.initializer.append(external("c"))
+        add_to_logits(model, [], "c")
+    elif kind == "constant":
+        add_to_logits(model, [constant("c", external("c_value"))], "c")
+    elif kind == "if-subgraph":
+        g.initializer.append(true_const("cond"))
+        then = branch("then", [helper.make_node("Identity", ["w"], ["t"])], "t", [external("w")])
+        other = branch("else", [constant("e", helper.make_tensor("z", TensorProto.FLOAT, [3], [0, 0, 0]))], "e")
+        add_to_logits(model, [helper.make_node("If", ["cond"], ["c"], then_branch=then, else_branch=other)], "c")
+    elif kind == "nested-subgraph":
+        g.initializer.append(true_const("cond"))
+        inner = branch("inner", [constant("i", external("deep"))], "i")
+        other = branch("else", [constant("e", helper.make_tensor("z", TensorProto.FLOAT, [3], [0, 0, 0]))], "e")
+        middle = branch("middle", [helper.make_node("If", ["cond"], ["m"], then_branch=inner, else_branch=other)], "m")
+        add_to_logits(model, [helper.make_node("If", ["cond"], ["c"], then_branch=middle, else_branch=other)], "c")
+    elif kind == "loop-body":
+        g.initializer.extend([helper.make_tensor("trips", TensorProto.INT64, [], [1]), true_const("cond")])
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["cond_in"], ["cond_out"]), constant("scan", external("body_w"))], "body",
+            [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+             helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
+            [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("scan", TensorProto.FLOAT, [3])])
+        add_to_logits(model, [helper.make_node("Loop", ["trips", "cond"], ["c"], body=body)], "c")
+    elif kind == "sparse-initializer":
+        indices = helper.make_tensor("c_idx", TensorProto.INT64, [3], [0, 1, 2])
+        g.sparse_initializer.append(helper.make_sparse_tensor(external("c"), indices, [3]))
+        add_to_logits(model, [], "c")
+    elif kind == "sparse-attribute":
+        indices = helper.make_tensor("c_idx", TensorProto.INT64, [3], [0, 1, 2])
+        sparse = helper.make_sparse_tensor(external("c_values"), indices, [3])
+        add_to_logits(model, [helper.make_node("Constant", [], ["c"], sparse_value=sparse)], "c")
+    elif kind == "function":
+        body = [constant("k", external("fn_w")), helper.make_node("Add", ["x", "k"], ["y"])]
+        model.functions.append(helper.make_function("attack", "AddK", ["x"], ["y"], body,
+                                                    [helper.make_opsetid("", 20)]))
+        model.opset_import.append(helper.make_opsetid("attack", 1))
+        producer = next(n for n in g.node if "logits" in n.output)
+        producer.output[0] = "logits_pre"
+        g.node.append(helper.make_node("AddK", ["logits_pre"], ["logits"], domain="attack"))
+    elif kind == "training-info":
+        init = helper.make_graph([], "init", [], [], [external("t")])
+        model.training_info.append(onnx.TrainingInfoProto(initialization=init))
+    else:
+        raise ValueError(kind)
+
+
+EXTERNAL_KINDS = ["initializer", "constant", "if-subgraph", "nested-subgraph", "loop-body", "sparse-initializer",
+                  "sparse-attribute", "function", "training-info"]
+
+
+@pytest.mark.parametrize("kind", EXTERNAL_KINDS)
+def test_external_data_anywhere_is_refused_without_opening_it(exported_model, images, tmp_path, kind):
+    """The decoy beside the model is a FIFO: opening it would block, so a run that ends at all
+    never opened it. One file (weights read by reference) and a folder (ordinary load) alike."""
+    model = load(exported_model)
+    with_external(kind, model)
+    path = save(model, tmp_path / "models")
+    os.mkfifo(tmp_path / "models" / "decoy.bin")
+    for inputs in ([images[0]], [images[0].parent]):
+        proc = cli("-m", path, *inputs)
+        assert proc.returncode == 3, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "refers to external data" in proc.stderr, proc.stderr
+
+
+def test_the_model_is_the_only_file_opened(exported_model, images, tmp_path):
+    """Watched with strace: on both load paths, for a good model and a hostile one, nothing in
+    the model's folder is opened but the model itself."""
+    if not shutil.which("strace"):
+        pytest.skip("strace is not installed (apt-get install strace)")
+    folder = tmp_path / "models"
+    good = save(load(exported_model), folder, "good.onnx")
+    hostile = load(exported_model)
+    with_external("constant", hostile)
+    bad = save(hostile, folder, "bad.onnx")
+    (folder / "decoy.bin").write_bytes(np.full(3, 1000, np.float32).tobytes())
+    for model, code in ((good, 0), (bad, 3)):
+        for inputs in ([images[0]], [images[0].parent]):
+            log = tmp_path / "strace.log"
+            proc = subprocess.run(  # -y: each returned descriptor with the file it really is
+                ["strace", "-f", "-qq", "-y", "-e", "trace=open,openat,openat2", "-o", str(log),
+                 sys.executable, "-m", "runtime.cli", "-m", str(model), *map(str, inputs)],
+                capture_output=True, text=True, cwd=ROOT, timeout=120)
+            assert proc.returncode == code, proc.stderr
+            opened = {_opened(line) for line in log.read_text().splitlines() if '"' in line}
+            assert opened, "strace saw no open at all"
+            assert {p for p in opened if p.startswith(str(folder))} == {str(model)}
+
+
+def _opened(line: str) -> str:
+    """The file an strace open line reached (`= 5</real/path>`), else the path it asked for."""
+    result = line.rsplit("= ", 1)[-1]
+    if "<" in result and result.rstrip().endswith(">"):
+        return result[result.index("<") + 1:result.rstrip().rindex(">")]
+    return os.path.normpath(line.split('"')[1])
+
+
+def test_a_reference_the_walk_missed_still_cannot_resolve(exported_model, tmp_path, monkeypatch):
+    """Defence in depth: onnxruntime is handed the checked descriptor (/proc/self/fd/N), so even
+    with the walk's external-data check switched off, a reference beside the model resolves
+    nowhere and onnxruntime refuses it."""
+    from runtime import protowalk
+
+    model = load(exported_model)
+    with_external("constant", model)
+    path = save(model, tmp_path / "models")
+    (tmp_path / "models" / "decoy.bin").write_bytes(np.full(3, 1000, np.float32).tobytes())
+    original = protowalk._Walker.tensor
+    monkeypatch.setattr(protowalk._Walker, "tensor", lambda self, span, where: None if "node" in where
+                        or "attribute" in where else original(self, span, where))
+    with pytest.raises(ModelError, match="not a valid ONNX model"):
+        Predictor(path)
+
+
+# -- the walk: strict and bounded ----------------------------------------------------------------
+
+GRAPH = proto(7, proto(2, b"g"))  # a model with a graph named "g"
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"\x00" * (20 << 20), "invalid field number 0"),
+        (GRAPH + b"\x00\x00", "invalid field number 0"),
+        (GRAPH + b"\x0b", "invalid wire type 3"),  # start group
+        (GRAPH + b"\x0e", "invalid wire type 6"),
+        (GRAPH + b"\xfa\xff\xff\xff\x7f\x00", "invalid field number"),  # 2**29 and above
+        (GRAPH + proto(99, b"") [:1] + b"\xff" * 11, "varint longer than 10 bytes"),
+        (GRAPH + b"\x3a\xff\xff\xff\xff\x0f", "runs past the end"),  # graph, 4 GB long
+        (proto(7, proto(5, proto(9, b"x") + b"\x4a\x10")), "runs past the end"),  # inside a tensor
+        (GRAPH + proto(14, proto(1, b"labels") + proto(2, b'["a"]')) * 2, "appears more than once"),
+        (GRAPH + proto(14, proto(1, b"lab\xffels") + proto(2, b"x")), "not valid UTF-8"),
+        (GRAPH + proto(14, proto(1, b"labels") + proto(2, b'["caf\xe9"]')), "not valid UTF-8"),
+        (proto(1, 8, wire=0) * 10, "no graph"),
+        (proto(1, 8, wire=0) * 1_000_001, "more than 1,000,000 protobuf fields"),
+        (proto(7, 5, wire=0), "must be a message"),
+    ],
+    ids=["zeros-20MB", "field-0", "wire-3", "wire-6", "field-2^29", "long-varint", "huge-length",
+         "truncated-tensor", "duplicate-metadata", "metadata-key-utf8", "label-utf8", "no-graph", "too-many-fields",
+         "graph-not-message"],
+)
+def test_malformed_files_are_refused_at_once_in_bounded_memory(tmp_path, content, message):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(content)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelError, match=message) as info:
+            open_model(path).close()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"the walk allocated {peak} bytes"  # 20 MB of zeros once took 1.5 GB
+    assert "\n" not in str(info.value)
+
+
+def test_deep_nesting_is_refused():
+    from runtime.protowalk import Malformed, scan_model
+
+    inner = b""
+    for _ in range(30):  # 90 levels: graph -> node -> attribute -> graph ...
+        inner = proto(1, proto(5, proto(6, inner)))
+    with pytest.raises(Malformed, match="nested more than"):
+        scan_model(proto(7, inner))
+
+
+def test_a_huge_unknown_field_is_skipped_not_copied(exported_model, tmp_path):
+    data = exported_model.read_bytes() + proto(77, b"\x01" * (64 << 20))
+    path = tmp_path / "big.onnx"
+    path.write_bytes(data)
+    for reference_weights in (False, True):
+        tracemalloc.start()
+        try:
+            with open_model(path, reference_weights=reference_weights) as model:
+                assert model.weights_folder is None  # no referencing copy when it would be this big
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 1 << 20
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(MUTATIONS), seed=st.integers(0, 2**32 - 1))
+def test_fuzz_mutated_models_are_refused_or_load(exported_model, tmp_path, kind, seed):
+    """Structured mutations of a real exported model: the checks refuse them in bounded memory,
+    or onnxruntime loads them, or it refuses them: always a model or one-line ModelError."""
+    path = tmp_path / "fuzz.onnx"
+    check_model_file(path, mutate(exported_model.read_bytes(), kind, np.random.default_rng(seed)))
+    try:
+        Predictor(path, few_images=bool(seed % 2))
+    except ModelError as exc:
+        assert "\n" not in str(exc)
+
+
+# -- files that are not regular --------------------------------------------------------------------
+
+
+def test_a_fifo_as_model_or_image_never_blocks(exported_model, images, tmp_path):
+    fifo_model = tmp_path / "model.onnx"
+    os.mkfifo(fifo_model)
+    proc = cli("-m", fifo_model, images[0])
+    assert proc.returncode == 3 and "not a regular file" in proc.stderr
+    os.mkfifo(images[0].parent / "pipe.png")  # sorts between the good images
+    proc = cli("-m", exported_model, "--format", "json", images[0].parent, "/dev/zero")
+    assert proc.returncode == 1, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["path"] for r in rows if "label" in r] == [str(p) for p in images]
+    errors = [r for r in rows if "error" in r]
+    assert [r["path"] for r in errors] == [str(images[0].parent / "pipe.png"), "/dev/zero"]
+    assert all("not a regular file" in r["error"] for r in errors)
+
+
+def test_a_fifo_swapped_in_after_the_listing_does_not_block(exported_model, tmp_path):
+    """The check is on what was opened (without blocking), not on a name looked at earlier."""
+    fifo = tmp_path / "late.png"
+    os.mkfifo(fifo)
+    p = Predictor(exported_model)
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(_error_of(p, fifo)), daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():  # unblock the stuck open before failing
+        with open(fifo, "wb"):
+            pass
+    assert outcome and "not a regular file" in outcome[0]
+
+
+def _error_of(p: Predictor, path: Path) -> str:
+    try:
+        p.preprocess(path)
+    except Exception as exc:
+        return str(exc)
+    return "no error"
+
+
+# -- defects of the model: exit 3, before any image is read -------------------------------------
+
+
+def _cast_input(dtype: int):
+    def edit(model):
+        model.graph.input[0].type.tensor_type.elem_type = dtype
+        for node in model.graph.node:
+            node.input[:] = ["input_f" if name == "input" else name for name in node.input]
+        model.graph.node.insert(0, helper.make_node("Cast", ["input"], ["input_f"], to=TensorProto.FLOAT))
+    return edit
+
+
+def _unknown_class_count(model):
+    """Output (batch, ?) that is really (batch, 4) at run time: shape inference cannot tell."""
+    producer = next(n for n in model.graph.node if "logits" in n.output)
+    producer.output[0] = "logits_pre"
+    model.graph.initializer.extend([helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+                                    helper.make_tensor("axis1", TensorProto.INT64, [1], [1])])
+    model.graph.node.extend([
+        helper.make_node("ReduceMax", ["input"], ["peak"], keepdims=0),  # data-dependent ...
+        helper.make_node("Abs", ["peak"], ["abs"]),
+        helper.make_node("Mul", ["abs", "abs"], ["sq"]),
+        helper.make_node("Sign", ["sq"], ["one_f"]),  # ... 1 for any non-zero input, 0 for zeros
+        helper.make_node("Add", ["one_f", "one_f"], ["two_f"]),
+        helper.make_node("Cast", ["two_f"], ["two"], to=TensorProto.INT64),
+        helper.make_node("Max", ["two", "axis1"], ["end"]),  # shape (1,), >= 1 whatever the input
+        helper.make_node("Slice", ["logits_pre", "zero", "end", "axis1"], ["extra"]),
+        helper.make_node("Concat", ["logits_pre", "extra"], ["logits"], axis=1),
+    ])
+    del model.graph.output[0].type.tensor_type.shape.dim[1:]
+    model.graph.output[0].type.tensor_type.shape.dim.add().dim_param = "classes"
+
+
+DEFECTS = {
+    "labels-nested-deep": (lambda m: set_meta(m, "labels", "[" * 100_000 + "]" * 100_000), "not valid JSON"),
+    "resize-10**400": (lambda m: set_meta(m, "preprocess", json.dumps(
+        {**_pre(m), "resize": 10**400})), "1 to 65536"),
+    "std-0-in-float32": (lambda m: set_meta(m, "preprocess", json.dumps({**_pre(m), "std": [1e-50, 1, 1]})), "std"),
+    "mean-1e300": (lambda m: set_meta(m, "preprocess", json.dumps({**_pre(m), "mean": [1e300, 0, 0]})), "mean"),
+    "input-double": (_cast_input(TensorProto.DOUBLE), r"tensor\(double\)"),
+    "input-uint8": (_cast_input(TensorProto.UINT8), r"tensor\(uint8\)"),
+    "unknown-class-count": (_unknown_class_count, "not \\(batch, 3\\)"),
+}
+
+
+def _pre(model) -> dict:
+    return json.loads(next(p.value for p in model.metadata_props if p.key == "preprocess"))
+
+
+@pytest.mark.parametrize("defect", list(DEFECTS))
+def test_model_defects_exit_3_before_reading_images(exported_model, tmp_path, defect):
+    edit, message = DEFECTS[defect]
+    model = load(exported_model)
+    edit(model)
+    path = save(model, tmp_path)
+    for inputs in (["never-read.jpg"], ["never-read.jpg"] * 5):
+        result = CliRunner().invoke(main, ["-m", str(path), *inputs])
+        assert result.exit_code == 3, result.output
+        assert len(result.stderr.splitlines()) == 1 and "never-read" not in result.stderr
+        assert re.search(message, result.stderr), result.stderr
+
+
+def test_invalid_utf8_in_metadata_exits_3(exported_model, tmp_path):
+    data = exported_model.read_bytes() + proto(14, proto(1, b"note") + proto(2, b"\xff\xfe"))
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    result = CliRunner().invoke(main, ["-m", str(path), "never-read.jpg"])
+    assert result.exit_code == 3 and "not valid UTF-8" in result.stderr
+
+
+def test_a_fixed_batch_of_one_is_honoured(exported_model, images, tmp_path):
+    model = load(exported_model)
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    path = save(model, tmp_path)
+    args = ["--format", "json", "--batch-size", "4", *map(str, images)]
+    fixed = CliRunner().invoke(main, ["-m", str(path), *args])
+    dynamic = CliRunner().invoke(main, ["-m", str(exported_model), *args])
+    assert fixed.exit_code == 0, fixed.output
+    assert [json.loads(x)["label"] for x in fixed.stdout.splitlines()] == \
+        [json.loads(x)["label"] for x in dynamic.stdout.splitlines()]
+    assert Predictor(path).fixed_batch == 1
+
+
+# -- outputs that are not numbers, strings that are not text ------------------------------------
+
+
+def test_non_finite_outputs_are_error_rows_and_json_stays_json(exported_model, images, tmp_path):
+    model = load(exported_model)
+    bias = next(t for t in model.graph.initializer if t.name == "classifier.7.bias")
+    values = onnx.numpy_helper.to_array(bias).copy()
+    values[1] = np.nan
+    bias.CopyFrom(onnx.numpy_helper.from_array(values, bias.name))
+    path = save(model, tmp_path)
+    result = CliRunner().invoke(main, ["-m", str(path), "--format", "json", *map(str, images[:3])])
+    assert result.exit_code == 1
+    rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON")) for line in result.stdout.splitlines()]
+    assert len(rows) == 3 and all("not finite" in r["error"] for r in rows)
+    text = CliRunner().invoke(main, ["-m", str(path), str(images[0])])
+    assert text.exit_code == 1 and "nan" not in text.stdout and "not finite" in text.stderr
+
+
+def test_nothing_raw_reaches_the_terminal(exported_model, images, tmp_path):
+    model = load(exported_model)
+    labels = ["\x1b]0;pwned\x07title", "bell\x07\x1b[2J", "two\nlines\u202e"]
+    set_meta(model, "labels", json.dumps(labels))
+    path = save(model, tmp_path / "evil\nname\x1b[31m")
+    odd_image = images[0].parent / "x\x1b[1m\n.png"
+    shutil.copy(images[0], odd_image)
+    for fmt in ("text", "csv", "json"):
+        proc = cli("-m", path, "--format", fmt, "--top-k", "3", odd_image, tmp_path / "missing\x07.png")
+        assert proc.returncode == 1, proc.stderr
+        if fmt == "text":  # one tab per result line: the separator the format itself writes
+            assert all(line.count("\t") == 1 for line in proc.stdout.splitlines()), repr(proc.stdout)
+        for stream in (proc.stdout.replace("\t", "") if fmt == "text" else proc.stdout, proc.stderr):
+            assert not any(c in stream.replace("\n", "") for c in CONTROL), repr(stream)
+        assert len(proc.stderr.splitlines()) == (1 if fmt == "text" else 0)
+        expected_rows = {"text": 1, "csv": 1 + 3 + 1, "json": 2}[fmt]  # csv: header, 3 ranks, 1 error
+        assert len(proc.stdout.splitlines()) == expected_rows, proc.stdout
+    # a model path with a newline, and onnxruntime's own message quoting a tensor name
+    broken = load(exported_model)
+    broken.graph.node[0].op_type = "NoSuchOp\x1b[31m"
+    bad = save(broken, tmp_path / "bad\nmodel")
+    proc = cli("-m", bad, images[0])
+    assert proc.returncode == 3 and proc.stdout == ""
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, repr(proc.stderr)
+    assert not any(c in proc.stderr[:-1] for c in CONTROL), repr(proc.stderr)
