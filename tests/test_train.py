@@ -1,8 +1,6 @@
 """train-alexnet: data sources, splits, weights loading, checkpoints, resume, errors."""
 
 import json
-import math
-from pathlib import Path
 
 import pytest
 import torch
