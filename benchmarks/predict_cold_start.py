@@ -77,23 +77,29 @@ def measure(cmd: list[str]) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", type=Path, required=True)
+    ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--model", type=Path, action="append", required=True, help="repeat for several variants")
     ap.add_argument("--image", type=Path, required=True)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--decode", action="append", choices=["exact", "fast"], help="repeat for both [default: exact]")
+    ap.add_argument("--no-torch", action="store_true", help="skip the torch script (e.g. camera photos)")
     args = ap.parse_args()
+    decodes = args.decode or ["exact"]
     bin_dir = Path(sys.executable).parent
-    commands = {"torch+torchvision script": [sys.executable, "-c", TORCH_SCRIPT, str(args.checkpoint), str(args.image)]}
+    commands = {} if args.no_torch else {
+        "torch+torchvision script": [sys.executable, "-c", TORCH_SCRIPT, str(args.checkpoint), str(args.image)]}
     for model in args.model:
-        commands[f"onnx-predict {model.name}"] = [str(bin_dir / "onnx-predict"), "-m", str(model), str(args.image)]
+        for mode in decodes:
+            commands[f"onnx-predict {model.name} --decode {mode}"] = [
+                str(bin_dir / "onnx-predict"), "-m", str(model), "--decode", mode, str(args.image)]
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for _ in range(args.repeats):
         for name, cmd in commands.items():
             results[name].append(measure(cmd))
     print(f"one image, cold process, median of {args.repeats} (cores: {len(os.sched_getaffinity(0))})")
-    print(f"{'what':<40} {'seconds':>8} {'peak MiB':>9}")
+    print(f"{'what':<48} {'seconds':>8} {'peak MiB':>9}")
     for name, runs in results.items():
-        print(f"{name:<40} {statistics.median(s for s, _ in runs):>8.3f} {max(m for _, m in runs):>9.0f}")
+        print(f"{name:<48} {statistics.median(s for s, _ in runs):>8.3f} {max(m for _, m in runs):>9.0f}")
     for model in args.model:
         print(f"\nonnx-predict {model.name}: start-up phases, median ms of {args.repeats} fresh processes")
         for label, seconds in zip(PHASES, phases(model, args.image, args.repeats)):

@@ -6,7 +6,10 @@ For the ceiling, the same run also times the two halves alone: the model on read
 sharing the cores, end-to-end img/s cannot exceed 1 / (model s/img + preprocess s/img / cores).
 
     python benchmarks/predict_throughput.py --dir ../shared/data/flowers/train \
-        --model m.onnx --model m.int8.onnx [--limit 1000] [--repeats 2] [--batch-size 32]
+        --model m.onnx --model m.int8.onnx [--decode exact --decode fast] [--limit 1000] [--repeats 2]
+
+Run it once on thumbnails and once on camera photos (benchmarks/camera_photos.py): the decode +
+preprocess cost per photo, printed per decode mode, is what separates the two.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ def main() -> None:
     ap.add_argument("--model", type=Path, action="append", required=True)
     ap.add_argument("--limit", type=int, default=1000, help="use the first N images (sorted)")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: onnx-predict's own")
+    ap.add_argument("--decode", action="append", choices=["exact", "fast"], help="repeat for both [default: exact]")
     args = ap.parse_args()
+    decodes = args.decode or ["exact"]
     files = sorted(p for p in args.dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[: args.limit]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp, "imgs")  # symlinks: the same photos, a folder of exactly N
@@ -38,37 +43,41 @@ def main() -> None:
         for i, f in enumerate(files):
             os.symlink(f.resolve(), folder / f"{i:06d}{f.suffix}")
         exe = str(Path(sys.executable).parent / "onnx-predict")
-        times: dict[str, list[float]] = {m.name: [] for m in args.model}
+        runs = [(model, mode) for model in args.model for mode in decodes]
+        times: dict[tuple, list[float]] = {run: [] for run in runs}
+        batch = ["--batch-size", str(args.batch_size)] if args.batch_size else []
         for _ in range(args.repeats):
-            for model in args.model:
+            for model, mode in runs:
                 start = time.perf_counter()
-                subprocess.run([exe, "-m", str(model), "--format", "csv", "--batch-size", str(args.batch_size), str(folder)],
+                subprocess.run([exe, "-m", str(model), "--format", "csv", "--decode", mode, *batch, str(folder)],
                                check=True, stdout=subprocess.DEVNULL)
-                times[model.name].append(time.perf_counter() - start)
+                times[model, mode].append(time.perf_counter() - start)
     cores = len(os.sched_getaffinity(0))
-    prep = preprocess_seconds(files, args.model[0])
-    print(f"{len(files)} images from {args.dir}, batch {args.batch_size}, {cores} cores, best of {args.repeats}; "
-          f"decode + preprocess alone: {1000 * prep:.2f} ms/img on one core")
-    print(f"{'model':<24} {'end-to-end s':>12} {'img/s':>7} {'model-only img/s':>17} {'ceiling img/s':>14}")
-    for model in args.model:
-        best = min(times[model.name])
-        model_only = model_seconds(model, args.batch_size)
-        ceiling = 1 / (model_only + prep / cores)
-        print(f"{model.name:<24} {best:12.2f} {len(files) / best:7.1f} {1 / model_only:17.1f} {ceiling:14.1f}")
+    prep = {mode: preprocess_seconds(files, args.model[0], mode) for mode in decodes}
+    print(f"{len(files)} images from {args.dir}, batch {args.batch_size or 'default'}, {cores} cores, "
+          f"best of {args.repeats}; decode + preprocess alone, one core: "
+          + ", ".join(f"{mode} {1000 * s:.1f} ms/img" for mode, s in prep.items()))
+    print(f"{'model':<24} {'decode':<7} {'end-to-end s':>12} {'img/s':>7} {'model-only img/s':>17} "
+          f"{'ceiling img/s':>14} {'of ceiling':>11}")
+    for model, mode in runs:
+        best = min(times[model, mode])
+        model_only = model_seconds(model, args.batch_size or 32)
+        ceiling = 1 / (model_only + prep[mode] / cores)
+        rate = len(files) / best
+        print(f"{model.name:<24} {mode:<7} {best:12.2f} {rate:7.1f} {1 / model_only:17.1f} {ceiling:14.1f} "
+              f"{rate / ceiling:10.0%}")
 
 
-def preprocess_seconds(files: list[Path], model: Path) -> float:
+def preprocess_seconds(files: list[Path], model: Path, mode: str) -> float:
     """Median-of-3 seconds per image to decode and preprocess `files` on one thread."""
-    from runtime.image import load_image
     from runtime.predictor import Predictor
-    from runtime.preprocess import preprocess
 
-    spec = Predictor(model, threads=1, few_images=True).contract.preprocess
+    p = Predictor(model, threads=1, few_images=True, decode=mode)
     runs = []
     for _ in range(3):
         start = time.perf_counter()
         for f in files:
-            preprocess(load_image(f), spec)
+            p.preprocess(f)
         runs.append((time.perf_counter() - start) / len(files))
     return statistics.median(runs)
 
@@ -77,18 +86,13 @@ def model_seconds(model: Path, batch: int) -> float:
     """Median seconds per image for onnxruntime on random batches, as onnx-predict runs it."""
     import numpy as np
 
+    from export.report import median_seconds
     from runtime.predictor import Predictor
 
     p = Predictor(model)
     crop = p.contract.preprocess.crop
     x = np.random.default_rng(0).standard_normal((batch, 3, crop, crop)).astype(np.float32)
-    p.logits(x)
-    runs = []
-    for _ in range(5):
-        start = time.perf_counter()
-        p.logits(x)
-        runs.append((time.perf_counter() - start) / batch)
-    return statistics.median(runs)
+    return median_seconds(lambda: p.logits(x), warmup=1, runs=(5, 5)) / batch
 
 
 if __name__ == "__main__":

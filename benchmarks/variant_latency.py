@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-
-def session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+from export.report import median_seconds
+from runtime.session import create_session
 
 
 def main() -> None:
@@ -26,18 +21,15 @@ def main() -> None:
     ap.add_argument("models", type=Path, nargs="+")
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    sessions = {m.name: session(m) for m in args.models}
+    sessions = {m.name: create_session(str(m)) for m in args.models}
     times: dict[tuple[str, int], list[float]] = {}
     for _ in range(args.rounds):
         for name, s in sessions.items():
             shape = s.get_inputs()[0].shape
-            for batch, reps in ((1, 20), (32, 2)):
+            for batch in (1, 32):
                 feed = {s.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch, *shape[1:])).astype(np.float32)}
-                s.run(None, feed)
-                for _ in range(reps):
-                    start = time.perf_counter()
-                    s.run(None, feed)
-                    times.setdefault((name, batch), []).append(time.perf_counter() - start)
+                seconds = median_seconds(lambda: s.run(None, feed), warmup=1, budget_s=0.2)
+                times.setdefault((name, batch), []).append(seconds)
     first = args.models[0].name
     print(f"{'model':<28} {'b1 ms':>8} {'b32 ms':>8} {'b1 speed-up':>12} {'b32 speed-up':>13}")
     for name in sessions:

@@ -7,10 +7,10 @@ from typing import Optional
 
 import click
 
-from runtime.cliutil import debug_option, run
+from runtime.cliutil import Command, debug_option, run
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The .onnx file to write.")
 @click.option("--quantize", default="none", show_default=True, type=click.Choice(["none", "int8", "fp16", "all"]),

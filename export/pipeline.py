@@ -15,6 +15,7 @@ from runtime.errors import DataError, ImageError, ModelError, UsageError
 from runtime.image import load_image
 from runtime.inputs import walk_images
 from runtime.preprocess import preprocess
+from runtime.session import create_session
 
 from train.checkpoint import atomic_write, sha256_file
 from train.config import TrainConfig
@@ -124,11 +125,7 @@ def with_contract(data: bytes, contract: Contract) -> bytes:
 
 
 def check_variant(variant: str, data: bytes, reference: dict, verify: VerifySet, max_drop: float) -> VariantReport:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    session = create_session(data)
     candidate = {"random": onnx_logits(session, verify.random), "images": onnx_logits(session, verify.images)}
     return compare(variant, reference, candidate, verify, max_drop)
 
@@ -156,22 +153,28 @@ def image_arrays(
             labels.append(contract.labels.index(top) if top in contract.labels else None)
         source = str(directory)
     else:
-        try:
+        try:  # the checkpoint's own data, where it was trained: never downloaded or created here
             cfg = TrainConfig.from_dict(ckpt["config"])
-            splits = load_splits(cfg.dataset, Path(cfg.data_dir), val_fraction=cfg.val_fraction or 0.1,
-                                 limit_train=None, seed=cfg.seed)
+            splits = load_splits(cfg.dataset, Path(cfg.data_dir), val_fraction=cfg.val_fraction,
+                                 limit_train=None, seed=cfg.seed, download=False)
         except (DataError, UsageError, OSError) as exc:
             log(f"note: the checkpoint's data is not reachable ({exc}); pass --verify-dir/--calib-dir DIR")
             splits = None
-        if splits is None or splits.classes != list(contract.labels):
+        # Verification never uses images the model was trained on: val, else test, else none.
+        chosen = None if splits is None or splits.classes != list(contract.labels) else (
+            splits.train if split == "train" else splits.val or splits.test)
+        if chosen is None:
             if split == "train":
                 raise DataError("int8 calibration needs images: pass --calib-dir DIR")
+            if splits is not None:
+                log("note: the checkpoint was trained on all of its training images (no val or test split); "
+                    "verifying on random inputs only (pass --verify-dir DIR for real images)")
             return np.zeros((0, 3, spec.crop, spec.crop), np.float32), None, "none (random inputs only)"
-        chosen = splits.train if split == "train" or splits.val is None else splits.val
         for i in chosen.indices:
             loaders.append(lambda i=i, s=chosen.source: s.image(i))
             labels.append(chosen.source.labels[i])
-        source = f"{cfg.data_dir} ({'train' if chosen is splits.train else splits.val_name})"
+        name = "train" if chosen is splits.train else splits.val_name if chosen is splits.val else "test"
+        source = f"{cfg.data_dir} ({name})"
     picked = sorted(random.Random(seed).sample(range(len(loaders)), min(size, len(loaders))))
     arrays, kept, bad = [], [], 0
     for i in picked:

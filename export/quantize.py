@@ -68,22 +68,8 @@ def convert_fp16(fp32: bytes) -> bytes:
     """fp16 weights and activations, float32 input/output (the runtime feeds float32 either way)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = convert_float_to_float16(onnx.load_from_string(fp32), keep_io_types=True)
-    _topological_sort(model.graph)  # the converter appends the input Casts after their users
+    OnnxModel.graph_topological_sort(model.graph, is_deterministic=True)  # the converter appends input Casts last
     return model.SerializeToString()
-
-
-def _topological_sort(graph) -> None:
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:
-            raise ValueError("fp16 graph has a cycle or a missing input")
-        for node in ready:
-            available.update(node.output)
-        ordered += ready
-        pending = [n for n in pending if n not in ready]
-    del graph.node[:]
-    graph.node.extend(ordered)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import platform
 import time
+from typing import Callable
 
 import numpy as np
 
-from runtime.session import available_cores
+from runtime.session import available_cores, create_session
 
 _COLUMNS = [
     ("variant", "variant", "{}"),
@@ -24,23 +25,25 @@ _COLUMNS = [
 ]
 
 
-def latency_ms(data: bytes, crop: int, batch: int, budget_s: float = 0.5) -> float:
-    """Median milliseconds per run at `batch`, all cores, after warm-up."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: np.zeros((batch, 3, crop, crop), np.float32)}
-    for _ in range(2):
-        session.run(None, feed)
+def median_seconds(call: Callable[[], object], *, warmup: int = 2, budget_s: float = 0.5, runs: tuple[int, int] = (3, 200)) -> float:
+    """Median seconds of `call` after `warmup` calls: at least runs[0] runs, then more until
+    `budget_s` is spent or runs[1] are done. The one timing loop of the project's benchmarks."""
+    for _ in range(warmup):
+        call()
     times: list[float] = []
     deadline = time.perf_counter() + budget_s
-    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
+    while len(times) < runs[0] or (time.perf_counter() < deadline and len(times) < runs[1]):
         start = time.perf_counter()
-        session.run(None, feed)
+        call()
         times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    return float(np.median(times))
+
+
+def latency_ms(data: bytes, crop: int, batch: int, budget_s: float = 0.5) -> float:
+    """Median milliseconds per run at `batch`, all cores, after warm-up."""
+    session = create_session(data)
+    feed = {session.get_inputs()[0].name: np.zeros((batch, 3, crop, crop), np.float32)}
+    return 1000 * median_seconds(lambda: session.run(None, feed), budget_s=budget_s)
 
 
 def _cells(row: dict) -> list[str]:

@@ -20,6 +20,7 @@ one byte per pixel (`decode` returns "L" or "RGB"; `load_image` always RGB).
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import threading
@@ -55,6 +56,10 @@ DECODE_BUDGET = 1 << 30
 # Bytes per pixel Pillow holds for a decoded image of each mode (RGB and friends use 4).
 _MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
 _DEEP_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# `decode="fast"`: JPEGs decode at a DCT scale keeping the shorter side >= this x the contract's
+# resize, then take the exact resize and crop (chosen by benchmarks/decode_agreement.py).
+FAST_DECODE_FACTOR = 1.5
+DECODE_MODES = ("exact", "fast")
 _BAND_PIXELS = 1 << 20  # pixels converted at a time: temporaries stay a few MB
 
 ImageSource = Union[str, os.PathLike, Image.Image]
@@ -68,16 +73,22 @@ def load_image(source: ImageSource) -> Image.Image:
 
 
 @contextmanager
-def opened(source: ImageSource) -> Iterator[Image.Image]:
+def opened(source: ImageSource, *, min_side: int | None = None) -> Iterator[Image.Image]:
     """The image at `source`, its header read and checked, not yet decoded (a PIL image passes
-    through). Failures inside the block, decoding included, become one-line ImageErrors."""
+    through). Failures inside the block, decoding included, become one-line ImageErrors.
+
+    `min_side` (the fast decode path): a JPEG is set to decode at the smallest DCT scale (1/2,
+    1/4 or 1/8) whose shorter side is still at least `min_side` pixels."""
     if isinstance(source, Image.Image):
         yield source
         return
     path = Path(source)
     try:
         with _open_regular(path) as f, Image.open(f, formats=ALLOWED_FORMATS) as im:
-            _check_size(im, path)
+            _check_pixels(im, path)
+            if min_side is not None:
+                _draft(im, min_side)
+            _check_budget(im, path)
             yield im
     except ImageError:
         raise
@@ -110,7 +121,7 @@ def _open_regular(path: Path):
     return os.fdopen(fd, "rb")
 
 
-def _check_size(im: Image.Image, path: Path) -> None:
+def _check_pixels(im: Image.Image, path: Path) -> None:
     w, h = im.size
     if w < 1 or h < 1:
         raise ImageError(f"{path}: image has no pixels ({w}x{h})")
@@ -118,6 +129,19 @@ def _check_size(im: Image.Image, path: Path) -> None:
         raise ImageError(
             f"{path}: refused as a possible decompression bomb ({w}x{h} = {w * h} pixels > {MAX_PIXELS})"
         )
+
+
+def _draft(im: Image.Image, min_side: int) -> None:
+    w, h = im.size
+    if im.format != "JPEG" or min(w, h) < 2 * min_side:
+        return  # not a JPEG, or already too small for even a 1/2 scale
+    scale = min_side / min(w, h)
+    # Pillow picks the largest DCT reduction whose result is at least the size asked for.
+    im.draft(im.mode, (math.ceil(w * scale), math.ceil(h * scale)))
+
+
+def _check_budget(im: Image.Image, path: Path) -> None:
+    w, h = im.size
     cost = decode_cost(im)
     if cost > DECODE_BUDGET:
         raise ImageError(

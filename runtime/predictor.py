@@ -11,6 +11,7 @@ threads at once (onnxruntime sessions support concurrent `run`).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from .contract import Contract, ContractError
-from .errors import ImageError, ModelError, first_line
-from .image import DECODES, ImageSource, decode, decode_cost, opened
+from .errors import ImageError, ModelError, UsageError, first_line
+from .image import DECODE_MODES, DECODES, FAST_DECODE_FACTOR, ImageSource, decode, decode_cost, opened
 from .modelfile import open_model
 from .preprocess import preprocess
 from .session import create_session
@@ -51,14 +52,21 @@ class OutputError(ImageError):
 
 
 class Predictor:
-    def __init__(self, path: Union[str, os.PathLike], threads: int | None = None, *, few_images: bool = False) -> None:
+    def __init__(self, path: Union[str, os.PathLike], threads: int | None = None, *, few_images: bool = False,
+                 decode: str = "exact") -> None:
         """`few_images`: tune start-up for a one-shot run on a handful of images: the weights are
         read by reference from the file (one copy, mapped; the file must not be rewritten in place
         while this Predictor lives), neither pre-packed nor re-laid out. That saves start-up time
         and memory but makes each run slower. Otherwise onnxruntime loads a private copy.
 
+        `decode`: "exact" (the training eval transform, bit for bit) or "fast" (JPEG files decoded
+        at a reduced DCT scale first; see runtime.image.FAST_DECODE_FACTOR).
+
         Every defect of the file, its contract or its signature raises ModelError (one line)."""
+        if decode not in DECODE_MODES:
+            raise UsageError(f"decode {decode!r} is not valid (choose from {', '.join(DECODE_MODES)})")
         self.path = Path(path)
+        self.decode = decode
         with open_model(self.path, reference_weights=few_images) as model:
             try:
                 self.contract = Contract.from_metadata(model.metadata)
@@ -76,6 +84,8 @@ class Predictor:
         if error:
             raise ModelError(f"{self.path}: {error}")
         self._check_signature()
+        resize = self.contract.preprocess.resize
+        self._min_side = math.ceil(FAST_DECODE_FACTOR * resize) if decode == "fast" else None
 
     def _check_signature(self) -> None:
         """The one input and first output must fit the contract; a fixed batch size is kept and
@@ -116,7 +126,7 @@ class Predictor:
     def preprocess(self, image: ImageSource) -> np.ndarray:
         """A path or PIL image -> float32 array (3, crop, crop), exactly the training eval transform.
         Decoding waits for room in the process-wide decode budget (runtime.image.DECODES)."""
-        with opened(image) as im, DECODES.hold(decode_cost(im)):
+        with opened(image, min_side=self._min_side) as im, DECODES.hold(decode_cost(im)):
             return preprocess(decode(im), self.contract.preprocess)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:

@@ -35,6 +35,10 @@ _CHILDREN = {
     TRAINING: {1: GRAPH, 2: GRAPH},  # initialization, algorithm
     TENSOR: {},
 }
+# Fields of ModelProto and GraphProto that onnx.proto defines; any other is ignored by onnxruntime,
+# so one larger than MAX_UNKNOWN_BYTES can only be padding meant to cost memory: refused.
+_KNOWN = {MODEL: {1, 2, 3, 4, 5, 6, 7, 8, 14, 20, 25, 26}, GRAPH: {1, 2, 5, 10, 11, 12, 13, 14, 15, 16}}
+MAX_UNKNOWN_BYTES = 16 << 20
 _MODEL_GRAPH, _MODEL_METADATA = 7, 14
 _GRAPH_INITIALIZER = 5
 _TENSOR_NAME, _TENSOR_RAW_DATA, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 9, 13, 14
@@ -166,6 +170,8 @@ class _Walker:
 
     def child(self, kind: int, number: int, wire: int, value, depth: int) -> None:
         """Walk field `number` of a `kind` message if it can lead to a tensor; skip it otherwise."""
+        if wire == 2 and kind in _KNOWN and number not in _KNOWN[kind] and value[1] - value[0] > MAX_UNKNOWN_BYTES:
+            raise Malformed(f"unknown {_NAMES[kind]} field {number} holds {(value[1] - value[0]) >> 20} MiB")
         target = _CHILDREN[kind].get(number)
         if target is None:
             return

@@ -94,7 +94,7 @@ def mutate(model: bytes, kind: str, rng: np.random.Generator) -> bytes:
         entry = _field(14, _field(1, b"labels") + _field(2, b'["a"]'))
         return model + entry + entry
     if kind == "unknown_field":
-        return model + _field(int(rng.integers(30, 1 << 29)), b"\x01" * int(rng.integers(0, 1 << 22)))
+        return model + _field(int(rng.integers(30, 1 << 29)), b"\x01" * int(rng.integers(0, 1 << 25)))
     if kind == "flip":
         data = bytearray(model)
         for where in rng.integers(0, n, int(rng.integers(1, 16))):

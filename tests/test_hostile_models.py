@@ -264,19 +264,21 @@ def test_deep_nesting_is_refused():
         scan_model(proto(7, inner))
 
 
-def test_a_huge_unknown_field_is_skipped_not_copied(exported_model, tmp_path):
-    data = exported_model.read_bytes() + proto(77, b"\x01" * (64 << 20))
+def test_unknown_fields_are_skipped_not_copied_and_huge_ones_refused(exported_model, tmp_path):
     path = tmp_path / "big.onnx"
-    path.write_bytes(data)
+    path.write_bytes(exported_model.read_bytes() + proto(77, b"\x01" * (15 << 20)))  # ignored padding
     for reference_weights in (False, True):
         tracemalloc.start()
         try:
             with open_model(path, reference_weights=reference_weights) as model:
-                assert model.weights_folder is None  # no referencing copy when it would be this big
+                assert model.metadata
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-        assert peak < 1 << 20
+        assert peak < (1 << 20) + (2 * len(path.read_bytes()) if reference_weights else 0)
+    path.write_bytes(exported_model.read_bytes() + proto(77, b"\x01" * (17 << 20)))
+    with pytest.raises(ModelError, match="unknown model field 77 holds 17 MiB"):
+        open_model(path).close()
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -9,7 +9,7 @@ from typing import Optional
 
 import click
 
-from runtime.cliutil import debug_option, fail, run
+from runtime.cliutil import Command, debug_option, fail, run
 from runtime.errors import EXIT_INTERRUPTED
 
 
@@ -17,7 +17,7 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--dataset", required=True, type=click.Choice(["cifar10", "flowers", "folder"]))
 @click.option("--data-dir", required=True, type=click.Path(path_type=Path),
               help="cifar10: cifar-10-batches-py/ or train/+test/ ImageFolder; flowers/folder: train/ [val/] [test/].")

@@ -44,16 +44,17 @@ class Splits:
 
 
 def load_splits(
-    dataset: str, data_dir: Path, *, val_fraction: float, limit_train: Optional[int], seed: int
+    dataset: str, data_dir: Path, *, val_fraction: float, limit_train: Optional[int], seed: int, download: bool = True
 ) -> Splits:
+    """The train/val/test splits; `download=False` (export) never fetches or creates anything."""
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r} (valid: {', '.join(DATASETS)})")
     data_dir = Path(data_dir)
     if dataset == "cifar10":
-        train_src, test_src = find_cifar10(data_dir)
+        train_src, test_src = find_cifar10(data_dir, download)
         val_src = None
     else:
-        train_src, val_src, test_src = find_folder(data_dir, dataset)
+        train_src, val_src, test_src = find_folder(data_dir, dataset, download)
     rng = random.Random(seed)
     train_idx = list(range(len(train_src)))
     if val_src is not None:

@@ -110,15 +110,17 @@ def cifar10_pickles(folder: Path, train: bool) -> Source:
     return Source(classes, labels, arrays=arrays)
 
 
-def find_cifar10(data_dir: Path) -> tuple[Source, Source]:
+def find_cifar10(data_dir: Path, download: bool = True) -> tuple[Source, Source]:
     """(train, test) from DIR/cifar-10-batches-py, DIR itself as that folder, an ImageFolder with
-    train/ and test/, or — when none is there — torchvision's download into DIR."""
+    train/ and test/, or — when none is there and `download` — torchvision's download into DIR."""
     for folder in (data_dir / CIFAR10_DIRNAME, data_dir):
         if (folder / "batches.meta").is_file():
             return cifar10_pickles(folder, True), cifar10_pickles(folder, False)
     if (data_dir / "train").is_dir() and (data_dir / "test").is_dir():
         train = image_folder(data_dir / "train")
         return train, image_folder(data_dir / "test", train.classes)
+    if not download:
+        raise DataError(f"{data_dir}: no CIFAR-10 here ({CIFAR10_DIRNAME}/ or train/ and test/)")
     _download_cifar10(data_dir)
     folder = data_dir / CIFAR10_DIRNAME
     return cifar10_pickles(folder, True), cifar10_pickles(folder, False)
@@ -137,9 +139,10 @@ def _download_cifar10(data_dir: Path) -> None:
         ) from None
 
 
-def find_folder(data_dir: Path, dataset: str) -> tuple[Source, Optional[Source], Optional[Source]]:
-    """(train, val or None, test or None) from an ImageFolder tree."""
-    if dataset == "flowers" and not (data_dir / "train").is_dir():
+def find_folder(data_dir: Path, dataset: str, download: bool = True) -> tuple[Source, Optional[Source], Optional[Source]]:
+    """(train, val or None, test or None) from an ImageFolder tree (flowers: downloaded into an
+    empty DIR when `download`)."""
+    if dataset == "flowers" and download and not (data_dir / "train").is_dir():
         _download_flowers(data_dir)
     if not (data_dir / "train").is_dir():
         raise DataError(f"{data_dir}: no train/ folder (expected {data_dir}/train/<class>/<image>)")
