@@ -1,7 +1,7 @@
 # make test  - create .venv, install .[train,dev], run the test suite (what CI runs)
 # make demo  - train alexnet_cifar briefly on CIFAR-10, export to ONNX with the parity report,
 #              classify a few test images and evaluate the exported model
-# make bench - the benchmark scripts (not part of make test)
+# make bench - the benchmark scripts (not part of make test); bench-camera / bench-hostile alone
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,7 @@ DEMO_OUT ?= artifacts/demo
 DEMO_EPOCHS ?= 4
 DEMO_LIMIT ?= 2500
 
-.PHONY: test demo bench install clean
+.PHONY: test demo bench bench-camera bench-hostile install clean
 
 install: $(BIN)/.installed
 
@@ -44,6 +44,26 @@ bench: install
 		--model $(BENCH)/model.onnx --model $(BENCH)/model.int8.onnx --image "$$(head -1 $(DEMO_OUT)/test-images/samples.txt)"
 	$(BIN)/python benchmarks/predict_throughput.py --dir "$$(cat $(DEMO_OUT)/test-images/root.txt)" \
 		--model $(BENCH)/model.onnx --model $(BENCH)/model.int8.onnx --limit 2000
+	$(MAKE) bench-camera bench-hostile
+
+# Camera-size photos, exact vs fast decoding. MODEL: a trained 224-px model for meaningful
+# agreement figures (e.g. MODEL=artifacts/fl/flowers.onnx; the demo's 32-px model works too).
+MODEL ?= $(BENCH)/model.onnx
+PHOTOS ?= ../shared/data/flowers/train
+CAMERA ?= artifacts/camera
+bench-camera: install
+	$(BIN)/python benchmarks/camera_photos.py --src $(PHOTOS) --out $(CAMERA) --per-class 40
+	$(BIN)/python benchmarks/decode_agreement.py --model $(MODEL) --dir $(CAMERA)/12mp --dir $(CAMERA)/2mp
+	$(BIN)/python benchmarks/predict_throughput.py --dir $(CAMERA)/12mp --model $(MODEL) \
+		--decode exact --decode fast --limit 100 --repeats 1
+	$(BIN)/python benchmarks/predict_cold_start.py --no-torch --model $(MODEL) --decode exact --decode fast \
+		--image "$$(find $(CAMERA)/12mp -name '*.jpg' | sort | head -1)" --repeats 7
+
+# Hostile model files (mutations of MODEL) and the deepest images the policy allows.
+bench-hostile: install
+	$(BIN)/python benchmarks/fuzz_modelfile.py --model $(MODEL) \
+		--image "$$(find $(CAMERA)/2mp -name '*.jpg' | sort | head -1)" --cases 2000 --cli-every 10
+	$(BIN)/python benchmarks/deep_images.py --model $(MODEL)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fuzzing import proto  # noqa: F401  (one protobuf encoder for the tests)
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(
@@ -106,22 +108,6 @@ def _no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     os.environ.setdefault("NO_PROXY", "*")
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def proto(number: int, payload, wire: int = 2) -> bytes:
-    """One protobuf field: a length-delimited `payload` (bytes), or a varint (int, wire 0)."""
-    if wire == 0:
-        return varint(number << 3) + varint(payload)
-    return varint(number << 3 | wire) + varint(len(payload)) + payload
 
 
 class Boom:

@@ -53,7 +53,7 @@ def check_model_file(path: Path, data: bytes) -> int:
     return worst
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     out = bytearray()
     while True:
         byte, value = value & 0x7F, value >> 7
@@ -62,8 +62,14 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+def proto(number: int, payload, wire: int = 2) -> bytes:
+    """One protobuf field: a length-delimited `payload` (bytes), or a varint (int, wire 0)."""
+    if wire == 0:
+        return varint(number << 3) + varint(payload)
+    return varint(number << 3 | wire) + varint(len(payload)) + payload
+
+
+_field = proto
 
 
 MUTATIONS = ("truncate", "field0", "zeros", "huge_length", "nest", "duplicate_graph", "duplicate_metadata",
@@ -81,7 +87,7 @@ def mutate(model: bytes, kind: str, rng: np.random.Generator) -> bytes:
     if kind == "zeros":
         return b"\x00" * int(rng.integers(1, 1 << 20))
     if kind == "huge_length":  # a length-delimited field claiming far more bytes than there are
-        return model[:at] + _varint(7 << 3 | 2) + _varint(int(rng.integers(1 << 20, 1 << 62))) + model[at:]
+        return model[:at] + varint(7 << 3 | 2) + varint(int(rng.integers(1 << 20, 1 << 62))) + model[at:]
     if kind == "nest":  # subgraphs inside subgraphs: graph -> node -> attribute g -> graph ...
         depth = int(rng.integers(1, 400))
         inner = b""
