@@ -1,4 +1,4 @@
-"""Issue-3 training features on CPU: the in-memory device store, recipes (mixup/cutmix, EMA, TTA),
+"""Training features on CPU: the in-memory device store, recipes (mixup/cutmix, EMA, TTA),
 freezing and discriminative learning rates, DDP under torchrun with gloo."""
 
 import json
@@ -14,8 +14,11 @@ import torch
 
 from runtime.image import load_image
 from runtime.preprocess import preprocess
+from train.augment import Augmentation
+from train.batches import Data
 from train.config import TrainConfig
 from train.data import load_splits
+from train.distributed import Dist
 from train.loop import train
 from train.models import ARCHS, build_model
 from train.optim import apply_freeze, param_groups
@@ -35,7 +38,7 @@ def cfg_for(data: Path, out: Path, **changes) -> TrainConfig:
 def test_eval_store_equals_runtime_preprocessing(tiny_folder, arch):
     spec = ARCHS[arch].preprocess
     splits = load_splits("folder", tiny_folder, val_fraction=0.25, limit_train=None, seed=0)
-    store = ImageStore(splits.test, spec, train=False, device=torch.device("cpu"))
+    store = ImageStore(splits.test, spec, device=torch.device("cpu"))
     x, y, _ = next(store.batches(64))
     expected = np.stack([preprocess(load_image(splits.test.source.paths[i]), spec) for i in splits.test.indices])
     assert x.shape == expected.shape and np.array_equal(x.numpy(), expected)  # bit-identical
@@ -46,7 +49,7 @@ def test_eval_store_equals_runtime_preprocessing(tiny_folder, arch):
 def test_train_store_augments_whole_batches(tiny_folder, arch):
     spec = ARCHS[arch].preprocess
     splits = load_splits("folder", tiny_folder, val_fraction=0.25, limit_train=None, seed=0)
-    store = ImageStore(splits.train, spec, train=True, device=torch.device("cpu"))
+    store = ImageStore(splits.train, spec, device=torch.device("cpu"), augment=Augmentation(ARCHS[arch].augment, spec))
     assert store.images.dtype == torch.uint8 and store.images.shape[-1] == spec.resize
     a = [x for x, _, _ in store.batches(8, torch.Generator().manual_seed(1))]
     b = [x for x, _, _ in store.batches(8, torch.Generator().manual_seed(1))]
@@ -152,7 +155,53 @@ def test_torchrun_ddp_with_gloo(tiny_folder, tmp_path):
 
 def test_store_shards_have_equal_step_counts(tiny_folder):
     splits = load_splits("folder", tiny_folder, val_fraction=0.0, limit_train=17, seed=0)
-    store = ImageStore(splits.train, ARCHS["alexnet_cifar"].preprocess, train=True, device=torch.device("cpu"))
+    spec = ARCHS["alexnet_cifar"].preprocess
+    store = ImageStore(splits.train, spec, device=torch.device("cpu"), augment=Augmentation("pad-crop", spec))
     assert len(store) == 17
     steps = [len(list(store.batches(4, torch.Generator().manual_seed(0), (rank, 2)))) for rank in range(2)]
     assert steps[0] == steps[1] == 3
+
+
+def _ks(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic."""
+    grid = np.sort(np.concatenate([a, b]))
+    return float(np.abs(np.searchsorted(np.sort(a), grid, "right") / len(a)
+                        - np.searchsorted(np.sort(b), grid, "right") / len(b)).max())
+
+
+@pytest.mark.parametrize("arch, size", [("alexnet", (384, 320)), ("alexnet_cifar", (48, 40))])
+def test_both_input_pipelines_draw_the_same_crops(tmp_path, arch, size):
+    """--cache is a speed option: the DataLoader and the in-memory store must cut crops from the
+    same region with the same size, aspect, position and flip distributions. The photo encodes
+    its own coordinates (red = x, green = y), so each output says where it was cut from."""
+    from PIL import Image
+
+    w, h = size
+    xs, ys = np.meshgrid(np.linspace(0, 255, w), np.linspace(0, 255, h))
+    photo = Image.fromarray(np.stack([xs, ys, np.zeros_like(xs)], -1).round().astype(np.uint8))
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(32):
+            photo.save(tmp_path / "train" / cls / f"{i}.png")
+    spec = ARCHS[arch].preprocess
+    mean, std = torch.tensor(spec.mean)[:, None, None], torch.tensor(spec.std)[:, None, None]
+
+    def windows(cache: str) -> np.ndarray:
+        cfg = cfg_for(tmp_path, tmp_path / "out", arch=arch, batch_size=64, val_fraction=0.0, cache=cache, workers=0)
+        splits = load_splits("folder", tmp_path, val_fraction=0.0, limit_train=None, seed=0)
+        data = Data(splits, cfg, torch.device("cpu"), Dist())
+        torch.manual_seed(0)
+        rows = []
+        for epoch in range(25):
+            for x, _, *_ in data.train(torch.Generator().manual_seed(epoch)):
+                v = (x * std + mean) * 255  # back to the photo's 0..255 coordinates
+                mid = spec.crop // 2
+                rows.append(torch.stack([v[:, 0, mid, 0], v[:, 0, mid, -1], v[:, 1, 0, mid], v[:, 1, -1, mid]], 1))
+        return torch.cat(rows).numpy()
+
+    store, loader = windows("memory"), windows("none")
+    assert len(store) == len(loader) == 25 * 64
+    for name, a, b in zip(("left", "right", "top", "bottom"), store.T, loader.T):
+        assert _ks(a, b) < 0.08, f"{arch}: crop {name} edges are distributed differently ({_ks(a, b):.3f})"
+    flips = [float(np.mean(d[:, 0] > d[:, 1])) for d in (store, loader)]
+    assert all(0.42 < f < 0.58 for f in flips), flips

@@ -11,6 +11,7 @@ import torch
 from runtime.session import available_cores
 
 from . import distributed
+from .augment import Augmentation
 from .config import TrainConfig
 from .data import Splits, eval_transform, make_loader, train_transform
 from .models import ARCHS
@@ -29,6 +30,7 @@ class Data:
     def __init__(self, splits: Splits, cfg: TrainConfig, device: torch.device, ctx: distributed.Dist) -> None:
         self.cfg, self.device, self.ctx, self.splits = cfg, device, ctx, splits
         self.spec = ARCHS[cfg.arch].preprocess
+        self.augment = Augmentation(ARCHS[cfg.arch].augment, self.spec)
         self.per_rank = max(1, cfg.batch_size // ctx.world)
         cache = cfg.cache if cfg.cache != "auto" else ("memory" if device.type == "cuda" else "none")
         self.memory = cache == "memory"
@@ -40,7 +42,8 @@ class Data:
             for name in ("train", "val", "test"):
                 split = getattr(splits, name)
                 if split is not None:
-                    self.stores[name] = ImageStore(split, self.spec, train=name == "train", device=device)
+                    self.stores[name] = ImageStore(split, self.spec, device=device,
+                                                   augment=self.augment if name == "train" else None)
 
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.splits.train) / self.ctx.world / self.per_rank)
@@ -53,7 +56,7 @@ class Data:
             from torch.utils.data import DistributedSampler
 
             sampler = DistributedSampler(range(len(self.splits.train)), self.ctx.world, self.ctx.rank, seed=generator.initial_seed())
-        return make_loader(self.splits.train, train_transform(self.cfg.arch, self.spec), batch_size=self.per_rank,
+        return make_loader(self.splits.train, train_transform(self.augment), batch_size=self.per_rank,
                            shuffle=sampler is None, workers=self.workers, generator=generator, sampler=sampler)
 
     def eval(self, name: str):

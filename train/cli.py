@@ -10,55 +10,73 @@ from typing import Optional
 import click
 
 from runtime.cliutil import Command, debug_option, fail, run
-from runtime.errors import EXIT_INTERRUPTED
+from runtime.errors import EXIT_INTERRUPTED, UsageError
+
+from .config import ARCHS, CACHES, DATASETS, DEFAULTS, DEVICES, FREEZE, OPTIMIZERS, RECIPES, SCHEDULES
 
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+D = DEFAULTS
+
+
+def _recipes_help() -> str:
+    def flag(key: str, value) -> str:
+        name = key.replace("_", "-")
+        if isinstance(value, bool):
+            return f"--{name}" if value else f"--no-{name}"
+        return f"--{name} {value}"
+
+    return "; ".join(f"{name}: " + " ".join(flag(k, v) for k, v in values.items()) for name, values in RECIPES.items())
+
+
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--dataset", required=True, type=click.Choice(["cifar10", "flowers", "folder"]))
+@click.option("--recipe", type=click.Choice(sorted(RECIPES)),
+              help=f"A named preset for every option you do not give ({_recipes_help()}).")
+@click.option("--dataset", type=click.Choice(DATASETS), help="Required unless --recipe sets it.")
 @click.option("--data-dir", required=True, type=click.Path(path_type=Path),
               help="cifar10: cifar-10-batches-py/ or train/+test/ ImageFolder; flowers/folder: train/ [val/] [test/].")
-@click.option("--arch", required=True, type=click.Choice(["alexnet", "alexnet_cifar"]))
-@click.option("--epochs", required=True, type=int)
-@click.option("--batch-size", default=128, show_default=True, type=int)
-@click.option("--lr", type=float, help="Peak learning rate [default: 0.05 alexnet_cifar, 0.02 alexnet, 0.002 with --pretrained/--weights].")
-@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]))
-@click.option("--weight-decay", default=5e-4, show_default=True, type=float)
-@click.option("--label-smoothing", default=0.1, show_default=True, type=float)
-@click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "constant"]),
+@click.option("--arch", type=click.Choice(tuple(ARCHS)), help="Required unless --recipe sets it.")
+@click.option("--epochs", type=int, help="Required unless --recipe sets it.")
+@click.option("--batch-size", default=D["batch_size"], show_default=True, type=int)
+@click.option("--lr", type=float, help="Peak learning rate [default: " + ", ".join(
+    f"{spec.default_lr} {name}" for name, spec in ARCHS.items()) + "; a tenth of that with --pretrained/--weights].")
+@click.option("--optimizer", default=D["optimizer"], show_default=True, type=click.Choice(OPTIMIZERS))
+@click.option("--weight-decay", default=D["weight_decay"], show_default=True, type=float)
+@click.option("--label-smoothing", default=D["label_smoothing"], show_default=True, type=float)
+@click.option("--schedule", default=D["schedule"], show_default=True, type=click.Choice(SCHEDULES),
               help="After a linear warmup of --warmup-fraction of the steps.")
-@click.option("--warmup-fraction", default=0.15, show_default=True, type=float)
+@click.option("--warmup-fraction", default=D["warmup_fraction"], show_default=True, type=float)
 @click.option("--limit-train", type=int, help="Train on a seeded, class-balanced subset of N images.")
-@click.option("--val-fraction", default=0.1, show_default=True, type=float,
+@click.option("--val-fraction", default=D["val_fraction"], show_default=True, type=float,
               help="Seeded share of train/ held out for validation when there is no val/ (0: keep the last epoch).")
-@click.option("--out", default=Path("artifacts/run"), show_default=True, type=click.Path(path_type=Path))
+@click.option("--out", default=Path(D["out"]), show_default=True, type=click.Path(path_type=Path))
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt with its saved settings.")
 @click.option("--pretrained", is_flag=True, help="Start from torchvision's ImageNet weights (alexnet).")
 @click.option("--weights", type=click.Path(path_type=Path), help="Start from a local AlexNet state dict.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--workers", default=None, type=int, help="DataLoader worker processes [default: 0 on CPU, min(8, cores) on CUDA].")
-@click.option("--max-bad-images", default=100, show_default=True, type=int,
+@click.option("--device", default=D["device"], show_default=True, type=click.Choice(DEVICES))
+@click.option("--seed", default=D["seed"], show_default=True, type=int)
+@click.option("--workers", type=int, help="DataLoader worker processes [default: 0 on CPU, min(8, cores) on CUDA].")
+@click.option("--max-bad-images", default=D["max_bad_images"], show_default=True, type=int,
               help="Unreadable images skipped before the run aborts.")
-@click.option("--mixup", default=0.0, show_default=True, type=float, help="Mixup Beta(a, a); 0 = off.")
-@click.option("--cutmix", default=0.0, show_default=True, type=float, help="CutMix Beta(a, a); 0 = off (with both, one per batch).")
-@click.option("--ema", default=0.0, show_default=True, type=float,
+@click.option("--mixup", default=D["mixup"], show_default=True, type=float, help="Mixup Beta(a, a); 0 = off.")
+@click.option("--cutmix", default=D["cutmix"], show_default=True, type=float,
+              help="CutMix Beta(a, a); 0 = off (with both, one per batch).")
+@click.option("--ema", default=D["ema"], show_default=True, type=float,
               help="Decay of an EMA of the weights, which validation scores and export ships; 0 = off.")
-@click.option("--tta", is_flag=True, help="Validate, test and export the mean of image and mirror-image logits.")
-@click.option("--freeze", default="none", show_default=True, type=click.Choice(["none", "features", "all-but-head"]),
+@click.option("--tta/--no-tta", default=D["tta"], show_default=True, help="Validate, test and export the mean of image and mirror-image logits.")
+@click.option("--freeze", default=D["freeze"], show_default=True, type=click.Choice(FREEZE),
               help="Layers kept fixed when fine-tuning alexnet.")
 @click.option("--backbone-lr-mult", type=float,
               help="Learning-rate factor for everything but the head [default: 0.1 with --pretrained/--weights, else 1].")
-@click.option("--cache", default="auto", show_default=True, type=click.Choice(["auto", "none", "memory"]),
+@click.option("--cache", default=D["cache"], show_default=True, type=click.Choice(CACHES),
               help="memory: decode once and augment batches on the device; none: DataLoader each epoch; "
-                   "auto: memory on CUDA, none on CPU.")
+                   "auto: memory on CUDA, none on CPU. Both apply the same augmentation.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (CUDA only).")
 @debug_option
-def main(debug: bool, resume: bool, lr: Optional[float], workers: Optional[int], backbone_lr_mult: Optional[float],
-         compile_: bool, **options) -> None:
+def main(debug: bool, resume: bool, recipe: Optional[str], compile_: bool, **options) -> None:
     """Train AlexNet on CIFAR-10, flowers or any ImageFolder.
 
     \b
@@ -66,6 +84,7 @@ def main(debug: bool, resume: bool, lr: Optional[float], workers: Optional[int],
       train-alexnet --dataset cifar10 --data-dir data/cifar10 --arch alexnet_cifar --epochs 30
       train-alexnet --dataset flowers --data-dir data/flowers --arch alexnet --pretrained --epochs 10
       train-alexnet --dataset cifar10 --data-dir data/cifar10 --arch alexnet_cifar --epochs 30 --resume
+      train-alexnet --recipe cifar10-cpu --data-dir data/cifar10 --out artifacts/cifar10-cpu
 
     Under `torchrun --nproc_per_node=N train-alexnet ...` it trains with DDP (gloo on CPU, NCCL
     on CUDA); --batch-size is the global batch; only rank 0 writes files.
@@ -73,24 +92,21 @@ def main(debug: bool, resume: bool, lr: Optional[float], workers: Optional[int],
     Exit codes: 0 ok, 2 usage, 3 bad data/checkpoint, 4 I/O, 5 diverged, 130 interrupted.
     """
 
-    def go() -> int:
-        from runtime.errors import UsageError
+    ctx = click.get_current_context()
+    given = {name for name in options if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
 
+    def go() -> int:
         from .config import TrainConfig
         from .loop import train
-        from .models import ARCHS
 
         signal.signal(signal.SIGTERM, _raise_interrupt)
-        fine_tune = options["pretrained"] or options["weights"] is not None
-        default_lr = ARCHS[options["arch"]].default_lr / (10 if fine_tune else 1)
-        cfg_options = {**options, "data_dir": str(options["data_dir"]), "out": str(options["out"]),
-                       "weights": str(options["weights"]) if options["weights"] else None}
-        try:
-            mult = backbone_lr_mult if backbone_lr_mult is not None else (0.1 if fine_tune else 1.0)
-            cfg = TrainConfig(lr=default_lr if lr is None else lr, workers=workers, backbone_lr_mult=mult,
-                              compile=compile_, **cfg_options)
-        except TypeError as exc:  # pragma: no cover - option/config drift
-            raise UsageError(str(exc)) from None
+        values = {**options, **{k: v for k, v in RECIPES.get(recipe, {}).items() if k not in given}}
+        missing = [name for name in ("dataset", "arch", "epochs") if values[name] is None]
+        if missing:
+            raise UsageError("missing " + ", ".join("--" + m for m in missing) + " (or give --recipe NAME)")
+        values.update(data_dir=str(values["data_dir"]), out=str(values["out"]), compile=compile_,
+                      weights=str(values["weights"]) if values["weights"] else None)
+        cfg = TrainConfig(**values)
         try:
             metrics = train(cfg, resume=resume)
         except KeyboardInterrupt:
@@ -107,7 +123,6 @@ def main(debug: bool, resume: bool, lr: Optional[float], workers: Optional[int],
         return 0
 
     run(go, debug=debug)
-
 
 
 if __name__ == "__main__":

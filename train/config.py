@@ -1,4 +1,6 @@
-"""TrainConfig: every knob of a training run; saved in checkpoints as a plain dict."""
+"""Every knob of a training run, its default and its valid values, in one torch-free place:
+the architectures' input geometry, the datasets, TrainConfig (saved in checkpoints as a plain dict)
+and the named recipes. The CLI builds its options from these."""
 
 from __future__ import annotations
 
@@ -6,11 +8,46 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
+from runtime.contract import Preprocess
 from runtime.errors import UsageError
 
-from .data import DATASETS
-from .models import ARCHS
 
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# torchvision's cache file name for AlexNet_Weights.IMAGENET1K_V1.
+IMAGENET_WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    preprocess: Preprocess
+    default_lr: float
+    augment: str  # train.augment.KINDS
+    summary: str
+
+
+ARCHS = {
+    "alexnet": ArchSpec(
+        "alexnet",
+        Preprocess(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        default_lr=0.02,
+        augment="resized-crop",
+        summary="torchvision AlexNet, 224x224 input, ImageNet weights available",
+    ),
+    "alexnet_cifar": ArchSpec(
+        "alexnet_cifar",
+        Preprocess(resize=32, crop=32, mean=CIFAR10_MEAN, std=CIFAR10_STD),
+        default_lr=0.05,
+        augment="pad-crop",
+        summary="AlexNet's 5-conv/3-FC shape for 32x32 input, with BatchNorm",
+    ),
+}
+
+DATASETS = ("cifar10", "flowers", "folder")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
@@ -25,7 +62,7 @@ class TrainConfig:
     arch: str
     epochs: int
     batch_size: int = 128
-    lr: float = 0.05
+    lr: Optional[float] = None  # None: the arch's default_lr, / 10 when fine-tuning
     optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -46,11 +83,19 @@ class TrainConfig:
     ema: float = 0.0  # decay of an EMA of the weights used for validation/export; 0 = off
     tta: bool = False  # validate (and export) the mean of image and mirror logits
     freeze: str = "none"
-    backbone_lr_mult: float = 1.0
+    backbone_lr_mult: Optional[float] = None  # None: 0.1 when fine-tuning, else 1
     cache: str = "auto"  # none: DataLoader each epoch; memory: decoded once, augmented on device
     compile: bool = False
 
+    @property
+    def fine_tune(self) -> bool:
+        return self.pretrained or self.weights is not None
+
     def __post_init__(self) -> None:
+        if self.arch in ARCHS and self.lr is None:
+            object.__setattr__(self, "lr", ARCHS[self.arch].default_lr / (10 if self.fine_tune else 1))
+        if self.backbone_lr_mult is None:
+            object.__setattr__(self, "backbone_lr_mult", 0.1 if self.fine_tune else 1.0)
         choices = {"dataset": DATASETS, "arch": tuple(ARCHS), "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES,
                    "freeze": FREEZE, "cache": CACHES}
         for name, valid in choices.items():
@@ -91,3 +136,17 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# Field defaults, for the CLI's option defaults and help.
+DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+
+# Named presets (`train-alexnet --recipe NAME`): values for options the user did not give.
+RECIPES: dict[str, dict[str, Any]] = {
+    # CIFAR-10 from scratch on a CPU in 15 epochs (675k images seen): the 45k/5k split, the
+    # in-memory store, cosine schedule after a 15% warm-up, label smoothing, an EMA of the weights
+    # and flip averaging for what is validated and exported. README: results and wall time.
+    "cifar10-cpu": dict(dataset="cifar10", arch="alexnet_cifar", epochs=15, batch_size=128, lr=0.05,
+                        schedule="cosine", warmup_fraction=0.15, label_smoothing=0.1, weight_decay=5e-4,
+                        ema=0.998, tta=True, cache="memory", val_fraction=0.1),
+}

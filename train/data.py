@@ -20,9 +20,10 @@ from runtime.contract import Preprocess
 from runtime.errors import DataError, ImageError
 from runtime.preprocess import preprocess
 
+from .augment import Augmentation
+from .config import DATASETS
 from .sources import Source, find_cifar10, find_folder
 
-DATASETS = ("cifar10", "flowers", "folder")
 
 
 @dataclass
@@ -102,14 +103,11 @@ def _balanced(labels: Sequence[int], indices: Sequence[int], n: int, rng: random
     return sorted(picked)
 
 
-def train_transform(arch: str, spec: Preprocess) -> Callable:
-    from torchvision import transforms as T
-
-    if arch == "alexnet_cifar":
-        geometry = [T.Resize(spec.resize), T.CenterCrop(spec.resize), T.RandomCrop(spec.crop, padding=spec.crop // 8, padding_mode="reflect")]
-    else:
-        geometry = [T.RandomResizedCrop(spec.crop)]
-    return T.Compose([*geometry, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(spec.mean, spec.std)])
+def train_transform(augment: Augmentation) -> Callable:
+    """The DataLoader side of the training augmentation, normalized as the in-memory store does."""
+    mean = torch.tensor(augment.spec.mean, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(augment.spec.std, dtype=torch.float32)[:, None, None]
+    return lambda image: (augment.image(image) / 255.0 - mean) / std
 
 
 def eval_transform(spec: Preprocess) -> Callable:

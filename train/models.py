@@ -1,47 +1,16 @@
-"""The two architectures, their input geometry and normalization (defined once, here)."""
+"""The two architectures as torch modules (their input geometry and defaults: config.ARCHS)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
 
-from runtime.contract import Preprocess
 from runtime.errors import ModelError, first_line
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-# torchvision's cache file name for AlexNet_Weights.IMAGENET1K_V1.
-IMAGENET_WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    name: str
-    preprocess: Preprocess
-    default_lr: float
-    summary: str
-
-
-ARCHS = {
-    "alexnet": ArchSpec(
-        "alexnet",
-        Preprocess(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        default_lr=0.02,
-        summary="torchvision AlexNet, 224x224 input, ImageNet weights available",
-    ),
-    "alexnet_cifar": ArchSpec(
-        "alexnet_cifar",
-        Preprocess(resize=32, crop=32, mean=CIFAR10_MEAN, std=CIFAR10_STD),
-        default_lr=0.05,
-        summary="AlexNet's 5-conv/3-FC shape for 32x32 input, with BatchNorm",
-    ),
-}
+from .config import ARCHS, IMAGENET_WEIGHTS_FILE  # noqa: F401  (re-exported)
 
 
 class AlexNetCifar(nn.Module):
