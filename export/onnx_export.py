@@ -9,39 +9,19 @@ import torch
 from torch import nn
 
 from runtime.contract import Contract
-from runtime.errors import ModelError, first_line
 
-from train.checkpoint import contract_of, load_checkpoint, non_finite
-from train.config import TrainConfig
-from train.models import build_model
+from train.checkpoint import load_checkpoint
+from train.evaluation import shipped_from_checkpoint
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
 def model_from_checkpoint(path: Path) -> tuple[nn.Module, Contract, dict]:
-    """(eval-mode model, contract, checkpoint) from a train-alexnet checkpoint."""
+    """(eval-mode shipped model, contract, checkpoint) from a train-alexnet checkpoint."""
     ckpt = load_checkpoint(path)
-    contract = contract_of(ckpt, path)
-    try:
-        cfg = TrainConfig.from_dict(ckpt["config"])
-    except Exception as exc:
-        raise ModelError(f"{path}: checkpoint config is invalid ({exc})") from None
-    if cfg.arch != contract.arch:
-        raise ModelError(f"{path}: config arch {cfg.arch!r} differs from the contract's {contract.arch!r}")
-    model = build_model(cfg.arch, contract.num_classes)
-    try:
-        model.load_state_dict(ckpt.get("ema") or ckpt["model"])  # the weights validation scored
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        raise ModelError(f"{path}: weights do not fit {cfg.arch} with {contract.num_classes} classes ({first_line(exc)})") from None
-    bad = non_finite(model)
-    if bad:
-        raise ModelError(f"{path}: weights contain NaN/inf ({', '.join(bad[:3])}); export a checkpoint from before divergence")
-    if cfg.tta:
-        from train.evaluation import FlipAverage
-
-        model = FlipAverage(model)
-    return model.eval(), contract, ckpt
+    model, contract, _ = shipped_from_checkpoint(ckpt, path)
+    return model, contract, ckpt
 
 
 def to_onnx(model: nn.Module, contract: Contract) -> "onnx.ModelProto":  # noqa: F821
@@ -73,9 +53,8 @@ def to_onnx(model: nn.Module, contract: Contract) -> "onnx.ModelProto":  # noqa:
 def pretranspose_gemm_weights(graph) -> int:
     """Store each constant Gemm weight as (in, out) with transB=0 instead of PyTorch's (out, in)
     with transB=1; the same product, returns how many changed. onnxruntime packs a transposed B
-    on every call when weights are not pre-packed (what onnx-predict does for a few images):
-    measured on a 2-core AVX2 CPU, one image through the int8 alexnet took 101 ms with
-    (out, in) weights, 21 ms with (in, out)."""
+    on every call when weights are not pre-packed (what onnx-predict does for a few images),
+    several times the cost of the product itself (docs/performance.md)."""
     import numpy as np
     import onnx
     from onnx import numpy_helper

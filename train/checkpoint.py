@@ -1,7 +1,7 @@
 """Checkpoints: written atomically, read with `weights_only=True` (a checkpoint never runs code).
 
 Keys: `model`, `optimizer`, `scheduler`, `epoch` (epochs completed), `config` (plain dict),
-`contract` (the runtime contract as metadata strings), `rng`, plus `history` and `best_val_top1`.
+`contract` (the runtime contract as metadata strings), plus `history` and `best_val_top1`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -57,6 +58,12 @@ def _signals_deferred():
                 os.kill(os.getpid(), received[0])
 
 
+# Test hook: with this set to a file path, the first write that would replace an existing file
+# stops after writing its temp file and before renaming it, creates that path and waits to be
+# killed, so a test can kill a process exactly inside a save.
+PAUSE_IN_WRITE_ENV = "ALEXNET_ONNX_PAUSE_IN_WRITE"
+
+
 def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -66,6 +73,11 @@ def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Non
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
+            pause = os.environ.get(PAUSE_IN_WRITE_ENV)
+            if pause and path.exists():
+                Path(pause).touch()
+                while True:
+                    time.sleep(1)
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)

@@ -1,11 +1,20 @@
-"""Validation and test passes: loss, top-1, optional flip averaging, confusion matrix."""
+"""The model a run ships, and the validation and test passes that score it (loss, top-1,
+confusion matrix)."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from pathlib import Path
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
+
+from runtime.contract import Contract
+from runtime.errors import ModelError, first_line
+
+from .checkpoint import contract_of, non_finite
+from .config import TrainConfig
+from .models import build_model
 
 
 class FlipAverage(nn.Module):
@@ -18,6 +27,36 @@ class FlipAverage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.model(x) + self.model(torch.flip(x, dims=[3]))) / 2
+
+
+def shipped(weights: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """What validation scores, best.pt selection compares and export ships: the given weights
+    (the EMA copy when the run keeps one), flip-averaged with --tta."""
+    return FlipAverage(weights) if cfg.tta else weights
+
+
+def shipped_from_checkpoint(ckpt: dict[str, Any], path: Path, device: Optional[torch.device] = None
+                            ) -> tuple[nn.Module, Contract, TrainConfig]:
+    """(eval-mode shipped model, contract, config) from a checkpoint: its EMA weights if it has
+    them, else its model weights; refused (ModelError) when they do not fit or are not finite."""
+    contract = contract_of(ckpt, path)
+    try:
+        cfg = TrainConfig.from_dict(ckpt["config"])
+    except Exception as exc:
+        raise ModelError(f"{path}: checkpoint config is invalid ({first_line(exc)})") from None
+    if cfg.arch != contract.arch:
+        raise ModelError(f"{path}: config arch {cfg.arch!r} differs from the contract's {contract.arch!r}")
+    model = build_model(cfg.arch, contract.num_classes)
+    try:
+        model.load_state_dict(ckpt.get("ema") or ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{path}: weights do not fit {cfg.arch} with {contract.num_classes} classes ({first_line(exc)})") from None
+    bad = non_finite(model)
+    if bad:
+        raise ModelError(f"{path}: weights contain NaN/inf ({', '.join(bad[:3])}); use a checkpoint from before divergence")
+    if device is not None:
+        model = model.to(device)
+    return shipped(model, cfg).eval(), contract, cfg
 
 
 def autocast(device: torch.device):

@@ -10,6 +10,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -24,7 +25,7 @@ from .batches import Data
 from .checkpoint import atomic_write, clean_temp_files, contract_of, load_checkpoint, non_finite, save_checkpoint
 from .config import TrainConfig
 from .data import Splits, load_splits
-from .evaluation import FlipAverage, autocast, evaluate
+from .evaluation import autocast, evaluate, shipped, shipped_from_checkpoint
 from .models import ARCHS, build_model
 from .optim import apply_freeze, make_optimizer, make_scheduler
 from .progress import Progress
@@ -59,16 +60,9 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name, local_rank) if name == "cuda" else torch.device(name)
 
 
-def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
 def seed_epoch(seed: int, epoch: int) -> torch.Generator:
     """Every epoch's shuffling and augmentation depend only on (seed, epoch): a resumed run
-    repeats exactly what an uninterrupted one would have done."""
+    repeats exactly what an uninterrupted one would have done, so no RNG state is checkpointed."""
     torch.manual_seed(seed * 100_003 + epoch)
     random.seed(seed * 100_003 + epoch)
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -85,22 +79,60 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Log = log_stderr, stop
         distributed.teardown(ctx)
 
 
+@dataclass
+class Run:
+    """Everything one training run works with, built once (fresh or from last.pt)."""
+
+    cfg: TrainConfig
+    out: Path
+    ctx: distributed.Dist
+    device: torch.device
+    splits: Splits
+    contract: Contract
+    model: nn.Module  # the weights being trained
+    step_model: nn.Module  # what a step calls: model, or its DDP/compiled wrapper
+    ema: Optional[EMA]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    data: Data
+    log: Log
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: float = -1.0
+    start: int = 0  # epochs already done
+
+    @property
+    def judged(self) -> nn.Module:
+        return shipped(self.ema.model if self.ema is not None else self.model, self.cfg)
+
+
 def _train(cfg: TrainConfig, out: Path, ctx: distributed.Dist, *, resume: bool, log: Log, stop_after_epoch: Optional[int]) -> dict[str, Any]:
     if ctx.main:
         prepare_out(out)
     distributed.barrier(ctx)
-    ckpt = _resume_state(out, cfg) if resume else None
-    if ckpt is not None:
-        asked = cfg
-        cfg = TrainConfig.from_dict({**ckpt["config"], "out": cfg.out, "device": cfg.device, "workers": cfg.workers})
-        if asked.epochs != cfg.epochs:
-            log(f"note: --resume continues the run with its saved settings (--epochs {cfg.epochs}, not {asked.epochs})")
+    ckpt = None
+    if resume:
+        cfg, ckpt = _resume_state(out, cfg, log)
         if int(ckpt["epoch"]) >= cfg.epochs:
             log(f"{out / 'last.pt'}: this run already finished ({cfg.epochs} epochs); nothing to do")
             try:
                 return json.loads((out / "metrics.json").read_text())
             except (OSError, ValueError):
                 return {}
+    run = _build(cfg, out, ctx, ckpt, log)
+    metrics: dict[str, Any] = {}
+    for epoch in range(run.start, cfg.epochs):
+        row = _train_epoch(run, epoch, seed_epoch(cfg.seed, epoch))
+        metrics = _end_epoch(run, row)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            return metrics
+    distributed.barrier(ctx)
+    if ctx.main:
+        metrics = _finish(run)
+    return metrics
+
+
+def _build(cfg: TrainConfig, out: Path, ctx: distributed.Dist, ckpt: Optional[dict[str, Any]], log: Log) -> Run:
+    """Data, model, optimizer, schedule and EMA; restored from `ckpt` (last.pt) when resuming."""
     device = pick_device(cfg.device, ctx.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -110,8 +142,8 @@ def _train(cfg: TrainConfig, out: Path, ctx: distributed.Dist, *, resume: bool, 
     splits = load_splits(cfg.dataset, Path(cfg.data_dir), val_fraction=cfg.val_fraction, limit_train=cfg.limit_train, seed=cfg.seed)
     if ctx.main:
         distributed.barrier(ctx)
-    spec = ARCHS[cfg.arch].preprocess
-    contract = Contract(labels=tuple(splits.classes), preprocess=spec, arch=cfg.arch, dataset=cfg.dataset, created_with=package_version())
+    contract = Contract(labels=tuple(splits.classes), preprocess=ARCHS[cfg.arch].preprocess, arch=cfg.arch,
+                        dataset=cfg.dataset, created_with=package_version())
     if ckpt is not None and tuple(contract_of(ckpt, out / "last.pt").labels) != contract.labels:
         raise ModelError(f"{out / 'last.pt'}: its classes differ from the data's {list(contract.labels)}; cannot resume")
     fresh = ckpt is None
@@ -123,55 +155,50 @@ def _train(cfg: TrainConfig, out: Path, ctx: distributed.Dist, *, resume: bool, 
     optimizer = make_optimizer(cfg, model, device)
     scheduler = make_scheduler(cfg, optimizer, data.steps_per_epoch())
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
-    history: list[dict[str, Any]] = []
-    best, start = -1.0, 0
+    run = Run(cfg, out, ctx, device, splits, contract, model, _wrap(model, cfg, device, ctx), ema, optimizer, scheduler,
+              data, log)
     if ckpt is not None:
-        _restore(ckpt, model, optimizer, scheduler, ema, out)
-        history, best, start = list(ckpt.get("history", [])), float(ckpt.get("best_val_top1", -1.0)), int(ckpt["epoch"])
-        log(f"resuming {out / 'last.pt'} after epoch {start}/{cfg.epochs}")
-    step_model = _wrap(model, cfg, device, ctx)
+        _restore(ckpt, run)
+        log(f"resuming {out / 'last.pt'} after epoch {run.start}/{cfg.epochs}")
     log(f"{cfg.arch} on {cfg.dataset}: {len(splits.train)} train / {len(splits.val) if splits.val else 0} val "
         f"({splits.val_name}) / {len(splits.test) if splits.test else 0} test images, {len(splits.classes)} classes, "
         f"{device}{f' x{ctx.world} processes' if ctx.enabled else ''}{', in-memory store' if data.memory else ''}")
-    metrics: dict[str, Any] = {}
-    for epoch in range(start, cfg.epochs):
-        generator = seed_epoch(cfg.seed, epoch)
-        row = _train_epoch(step_model, model, ema, data.train(generator), optimizer, scheduler, device, epoch, cfg, out,
-                           ctx, data.steps_per_epoch(), len(splits.classes), generator)
-        row["bad_images"] += data.store_bad()
-        bad_weights = non_finite(model) + (non_finite(ema.model) if ema is not None else [])
-        if bad_weights:  # the loss was finite, but an epoch's last step can still break the weights
-            raise DivergedError(
-                f"weights became NaN/inf in epoch {epoch + 1} ({', '.join(bad_weights[:3])}); stopped. "
-                f"{out / 'last.pt'} holds the last good epoch ({epoch}); lower --lr and --resume, or start over")
-        if row["bad_images"] > cfg.max_bad_images:
-            raise DataError(f"{cfg.data_dir}: {row['bad_images']} unreadable images in the training split (more than "
-                            f"--max-bad-images {cfg.max_bad_images}); fix or remove them, or raise the limit")
-        judged = _judged(model, ema, cfg)
-        val_batches = data.eval("val")
-        if val_batches is not None:
-            result = evaluate(judged, val_batches, device, len(splits.classes))
-            row["val_loss"], row["val_top1"] = result["loss"], result["top1"]
-        history.append(row)
-        score = row.get("val_top1", row["train_top1"])
-        improved = val_batches is None or score > best
-        best = score if improved else best
-        # Each checkpoint's contract carries its own epoch's validation score (best.pt: the best).
-        contract = contract.with_(metrics={"val_top1": row["val_top1"], "val_split": splits.val_name}
-                                  if "val_top1" in row else {"val_split": splits.val_name})
-        if ctx.main:
-            state = _state(model, ema, optimizer, scheduler, epoch + 1, cfg, contract, history, best)
-            save_checkpoint(out / "last.pt", state)
-            if improved:
-                save_checkpoint(out / "best.pt", state)
-            log(_epoch_line(row, cfg.epochs, improved))
-            metrics = _write_metrics(out, cfg, history, best, splits)
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            return metrics
-    distributed.barrier(ctx)
-    if ctx.main:
-        metrics = _finish(out, cfg, splits, data, device, history, best, log)
-    return metrics
+    return run
+
+
+def _end_epoch(run: Run, row: dict[str, Any]) -> dict[str, Any]:
+    """Refuse broken weights or too many bad images, validate what would ship, save last.pt (and
+    best.pt when validation improved), log; returns the metrics written (rank 0)."""
+    cfg, out, epoch = run.cfg, run.out, row["epoch"]
+    row["bad_images"] += run.data.store_bad()
+    bad_weights = non_finite(run.model) + (non_finite(run.ema.model) if run.ema is not None else [])
+    if bad_weights:  # the loss was finite, but an epoch's last step can still break the weights
+        raise DivergedError(
+            f"weights became NaN/inf in epoch {epoch} ({', '.join(bad_weights[:3])}); stopped. "
+            f"{out / 'last.pt'} holds the last good epoch ({epoch - 1}); lower --lr and --resume, or start over")
+    if row["bad_images"] > cfg.max_bad_images:
+        raise DataError(f"{cfg.data_dir}: {row['bad_images']} unreadable images in the training split (more than "
+                        f"--max-bad-images {cfg.max_bad_images}); fix or remove them, or raise the limit")
+    val_batches = run.data.eval("val")
+    if val_batches is not None:
+        result = evaluate(run.judged, val_batches, run.device, len(run.splits.classes))
+        row["val_loss"], row["val_top1"] = result["loss"], result["top1"]
+    run.history.append(row)
+    score = row.get("val_top1", row["train_top1"])
+    improved = val_batches is None or score > run.best
+    run.best = score if improved else run.best
+    # Each checkpoint's contract carries its own epoch's validation score (best.pt: the best).
+    val_split = run.splits.val_name
+    run.contract = run.contract.with_(metrics={"val_top1": row["val_top1"], "val_split": val_split}
+                                      if "val_top1" in row else {"val_split": val_split})
+    if not run.ctx.main:
+        return {}
+    state = _state(run, epoch)
+    save_checkpoint(out / "last.pt", state)
+    if improved:
+        save_checkpoint(out / "best.pt", state)
+    run.log(_epoch_line(row, cfg.epochs, improved))
+    return _write_metrics(run)
 
 
 def _wrap(model: nn.Module, cfg: TrainConfig, device: torch.device, ctx: distributed.Dist) -> nn.Module:
@@ -186,49 +213,47 @@ def _wrap(model: nn.Module, cfg: TrainConfig, device: torch.device, ctx: distrib
     return wrapped
 
 
-def _judged(model: nn.Module, ema: Optional[EMA], cfg: TrainConfig) -> nn.Module:
-    """The model that validation scores and export ships: EMA weights and flip averaging when on."""
-    judged = ema.model if ema is not None else model
-    return FlipAverage(judged) if cfg.tta else judged
-
-
-def _resume_state(out: Path, cfg: TrainConfig) -> dict[str, Any]:
+def _resume_state(out: Path, asked: TrainConfig, log: Log) -> tuple[TrainConfig, dict[str, Any]]:
+    """(the saved config, with this invocation's --out/--device/--workers; last.pt)."""
     ckpt = load_checkpoint(out / "last.pt")
     saved = ckpt["config"]
     try:
-        TrainConfig.from_dict(saved)
+        cfg = TrainConfig.from_dict({**saved, "out": asked.out, "device": asked.device, "workers": asked.workers})
     except Exception as exc:
         raise ModelError(f"{out / 'last.pt'}: its saved config is invalid ({first_line(exc)}); cannot resume") from None
     for key in ("arch", "dataset"):
-        if saved.get(key) != getattr(cfg, key):
-            raise ModelError(f"{out / 'last.pt'}: was trained with --{key} {saved.get(key)}, not {getattr(cfg, key)}; cannot resume")
-    return ckpt
+        if saved.get(key) != getattr(asked, key):
+            raise ModelError(f"{out / 'last.pt'}: was trained with --{key} {saved.get(key)}, not {getattr(asked, key)}; cannot resume")
+    if asked.epochs != cfg.epochs:
+        log(f"note: --resume continues the run with its saved settings (--epochs {cfg.epochs}, not {asked.epochs})")
+    return cfg, ckpt
 
 
-def _restore(ckpt: dict, model: nn.Module, optimizer, scheduler, ema: Optional[EMA], out: Path) -> None:
+def _restore(ckpt: dict, run: Run) -> None:
+    last = run.out / "last.pt"
     try:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ema is not None:
-            ema.model.load_state_dict(ckpt.get("ema") or ckpt["model"])
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        if run.ema is not None:
+            run.ema.model.load_state_dict(ckpt.get("ema") or ckpt["model"])
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        raise ModelError(f"{out / 'last.pt'}: does not match this model ({first_line(exc)})") from None
-    bad = non_finite(model)
+        raise ModelError(f"{last}: does not match this model ({first_line(exc)})") from None
+    bad = non_finite(run.model)
     if bad:
-        raise ModelError(f"{out / 'last.pt'}: weights contain NaN/inf ({', '.join(bad[:3])}); cannot resume from it")
-    rng = ckpt.get("rng", {})
-    if "torch" in rng:
-        torch.set_rng_state(rng["torch"])
+        raise ModelError(f"{last}: weights contain NaN/inf ({', '.join(bad[:3])}); cannot resume from it")
+    run.history, run.best, run.start = list(ckpt.get("history", [])), float(ckpt.get("best_val_top1", -1.0)), int(ckpt["epoch"])
 
 
-def _train_epoch(step_model, model, ema, batches, optimizer, scheduler, device, epoch: int, cfg: TrainConfig, out: Path,
-                 ctx: distributed.Dist, steps: int, num_classes: int, generator: torch.Generator) -> dict[str, Any]:
-    step_model.train()
+def _train_epoch(run: Run, epoch: int, generator: torch.Generator) -> dict[str, Any]:
+    """One pass over the training split; returns the epoch's row for the history."""
+    cfg, ctx, device = run.cfg, run.ctx, run.device
+    steps, num_classes = run.data.steps_per_epoch(), len(run.splits.classes)
+    run.step_model.train()
     progress = Progress(f"epoch {epoch + 1}/{cfg.epochs}", total=steps, enabled=ctx.main)
     loss_sum, correct, n, bad = 0.0, 0, 0, 0
     start = time.perf_counter()
-    for step, (x, y, n_bad) in enumerate(batches):
+    for step, (x, y, n_bad) in enumerate(run.data.train(generator)):
         bad += n_bad
         if not len(y):
             continue
@@ -237,19 +262,19 @@ def _train_epoch(step_model, model, ema, batches, optimizer, scheduler, device, 
         x, target = mix_batch(x, y, num_classes, mixup=cfg.mixup, cutmix=cfg.cutmix, smoothing=cfg.label_smoothing,
                               generator=generator)
         with autocast(device):
-            logits = step_model(x)
+            logits = run.step_model(x)
             loss = nn.functional.cross_entropy(logits.float(), target)
         value = distributed.all_sum([loss.item()], ctx)[0] / ctx.world
         if not math.isfinite(value):
             raise DivergedError(
-                f"loss became {value} at epoch {epoch + 1}, step {step + 1}; stopped. {out / 'last.pt'} holds the "
+                f"loss became {value} at epoch {epoch + 1}, step {step + 1}; stopped. {run.out / 'last.pt'} holds the "
                 f"last good epoch ({epoch}); lower --lr and --resume, or start over")
-        optimizer.zero_grad(set_to_none=True)
+        run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            ema.update(model)
+        run.optimizer.step()
+        run.scheduler.step()
+        if run.ema is not None:
+            run.ema.update(run.model)
         loss_sum += value * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         n += len(y)
@@ -260,16 +285,16 @@ def _train_epoch(step_model, model, ema, batches, optimizer, scheduler, device, 
     progress.close()
     loss_sum, correct, n, bad = distributed.all_sum([loss_sum, correct, n, bad], ctx)
     return {"epoch": epoch + 1, "train_loss": loss_sum / max(1, n), "train_top1": correct / max(1, n),
-            "lr": optimizer.param_groups[-1]["lr"], "img_per_s": n / seconds if seconds > 0 else 0.0,
+            "lr": run.optimizer.param_groups[-1]["lr"], "img_per_s": n / seconds if seconds > 0 else 0.0,
             "seconds": seconds, "bad_images": int(bad)}
 
 
-def _state(model, ema, optimizer, scheduler, epoch: int, cfg: TrainConfig, contract: Contract, history, best: float) -> dict[str, Any]:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "epoch": epoch, "config": cfg.to_dict(), "contract": contract.to_metadata(), "rng": rng_state(),
-             "history": history, "best_val_top1": best}
-    if ema is not None:
-        state["ema"] = ema.model.state_dict()
+def _state(run: Run, epoch: int) -> dict[str, Any]:
+    state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+             "epoch": epoch, "config": run.cfg.to_dict(), "contract": run.contract.to_metadata(),
+             "history": run.history, "best_val_top1": run.best}
+    if run.ema is not None:
+        state["ema"] = run.ema.model.state_dict()
     return state
 
 
@@ -280,38 +305,39 @@ def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
             f"| {row['img_per_s']:.0f} img/s {row['seconds']:.1f}s{bad}{' *' if improved else ''}")
 
 
-def _write_metrics(out: Path, cfg: TrainConfig, history, best: float, splits: Splits, **extra) -> dict[str, Any]:
-    metrics = {"best_val_top1": best if splits.val is not None else None, "val_split": splits.val_name, "epochs": cfg.epochs, "history": history,
-               "train_images": len(splits.train), "bad_images": max((h.get("bad_images", 0) for h in history), default=0),
+def _write_metrics(run: Run, **extra) -> dict[str, Any]:
+    history, splits = run.history, run.splits
+    metrics = {"best_val_top1": run.best if splits.val is not None else None, "val_split": splits.val_name,
+               "epochs": run.cfg.epochs, "history": history, "train_images": len(splits.train),
+               "bad_images": max((h.get("bad_images", 0) for h in history), default=0),
                "wall_seconds": sum(h["seconds"] for h in history), **extra}
-    atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
+    atomic_write(run.out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
     from .plots import plot_curves
 
-    plot_curves(history, out / "curves.png")
+    plot_curves(history, run.out / "curves.png")
     return metrics
 
 
-def _finish(out: Path, cfg: TrainConfig, splits: Splits, data: Data, device, history, best: float, log: Log) -> dict[str, Any]:
+def _finish(run: Run) -> dict[str, Any]:
     """With best.pt: confusion.png on val, then the test split once; test_top1 goes into
     metrics.json and best.pt's contract."""
     from .plots import plot_confusion
 
-    ckpt = load_checkpoint(out / "best.pt")
-    model = build_model(cfg.arch, len(splits.classes)).to(device)
-    model.load_state_dict(ckpt.get("ema") or ckpt["model"])
-    judged = FlipAverage(model) if cfg.tta else model
+    best = run.out / "best.pt"
+    ckpt = load_checkpoint(best)
+    judged, contract, _ = shipped_from_checkpoint(ckpt, best, run.device)
+    classes = run.splits.classes
     extra: dict[str, Any] = {}
     for name in ("val", "test"):
-        batches = data.eval(name)
+        batches = run.data.eval(name)
         if batches is None:
             continue
-        result = evaluate(judged, batches, device, len(splits.classes))
-        target = out / ("confusion.png" if name == "val" else "confusion_test.png")
-        plot_confusion(result["confusion"], splits.classes, target, f"best.pt on the {name} split")
+        result = evaluate(judged, batches, run.device, len(classes))
+        target = run.out / ("confusion.png" if name == "val" else "confusion_test.png")
+        plot_confusion(result["confusion"], classes, target, f"best.pt on the {name} split")
         if name == "test":
             extra = {"test_top1": result["top1"], "test_images": result["n"]}
-            log(f"test top-1 of best.pt: {result['top1']:.4f} on {result['n']} images")
-            contract = contract_of(ckpt, out / "best.pt")
+            run.log(f"test top-1 of best.pt: {result['top1']:.4f} on {result['n']} images")
             ckpt["contract"] = contract.with_(metrics={**contract.metrics, "test_top1": result["top1"]}).to_metadata()
-            save_checkpoint(out / "best.pt", ckpt)
-    return _write_metrics(out, cfg, history, best, splits, **extra)
+            save_checkpoint(best, ckpt)
+    return _write_metrics(run, **extra)
