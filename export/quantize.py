@@ -3,9 +3,8 @@
 int8 is static and calibrated on real images through the contract's preprocessing:
 `quant_pre_process` first, QDQ format, per-channel int8 weights, uint8 activations and
 `reduce_range` (7-bit weights). Without VNNI, x86 CPUs multiply u8 x s8 pairs with an instruction
-that saturates at int16; 7-bit weights keep those sums in range (the probe that opened this work
-lost 3.9 pp CIFAR top-1 without it, none with it). Dynamic int8 is not offered: that probe found
-its ConvInteger kernels slower than fp32 on CPUs without VNNI.
+that saturates at int16; 7-bit weights keep those sums in range. Dynamic int8 is not offered: its
+ConvInteger kernels are slower than fp32 on CPUs without VNNI (figures: docs/performance.md).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +147,36 @@ def bad_checkpoint(kind: str, tmp_path: Path, trained_run: Path) -> Path:
     elif kind == "malicious":
         torch.save({"model": Boom(tmp_path / "pwned")}, path, pickle_module=pickle)
     return path
+
+
+# Images of every Pillow mode, and the suffix each is saved with when not .png.
+def rgba_image() -> Image.Image:
+    im = Image.new("RGBA", (6, 4), (10, 200, 30, 255))
+    im.putpixel((0, 0), (0, 0, 0, 0))  # fully transparent black -> white
+    im.putpixel((1, 0), (0, 0, 0, 128))  # half transparent black -> mid grey
+    return im
+
+
+MODES = {
+    "1": lambda: Image.new("1", (5, 3), 1),
+    "L": lambda: Image.new("L", (5, 3), 77),
+    "P": lambda: Image.new("RGB", (5, 3), (200, 10, 10)).convert("P"),
+    "RGB": lambda: Image.new("RGB", (5, 3), (1, 2, 3)),
+    "RGBA": rgba_image,
+    "LA": lambda: Image.new("LA", (5, 3), (90, 0)),
+    "PA": lambda: Image.new("PA", (5, 3), (3, 0)),
+    "CMYK": lambda: Image.new("CMYK", (5, 3), (0, 255, 255, 0)),
+    "YCbCr": lambda: Image.new("YCbCr", (5, 3), (128, 128, 128)),
+    "I;16": lambda: Image.fromarray(np.full((3, 5), 32896, np.uint16)),
+    "I": lambda: Image.new("I", (5, 3), 1000),
+    "F": lambda: Image.fromarray(np.full((3, 5), 0.5, np.float32)),
+}
+SAVE_AS = {"CMYK": ".jpg", "YCbCr": ".jpg", "F": ".tiff", "I": ".tiff", "PA": ".png", "LA": ".png"}
+
+
+def png_header_only(path: Path, width: int, height: int) -> None:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))

@@ -142,10 +142,52 @@ def test_truncated_model_exits_3(exported_model, tmp_path, photos):
     assert result.exit_code == 3 and "not a valid ONNX model" in result.stderr
 
 
-def test_usage_errors_exit_2(exported_model):
-    assert predict("-m", exported_model).exit_code == 2
-    assert predict("-m", exported_model, "--top-k", "0", "x.jpg").exit_code == 2
-    assert predict("-m", exported_model, "--format", "xml", "x.jpg").exit_code == 2
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("command, args", [
+    ("onnx-predict", ["-m", "{model}"]),
+    ("onnx-predict", ["-m", "{model}", "--top-k", "0", "x.jpg"]),
+    ("onnx-predict", ["-m", "{model}", "--format", "xml", "x.jpg"]),
+    ("onnx-predict", ["--no-such-option"]),
+    ("train-alexnet", ["--data-dir", "d", "--arch", "vgg", "--epochs", "1", "--dataset", "cifar10"]),
+    ("train-alexnet", ["--data-dir", "d"]),
+    ("export-onnx", []),
+    ("export-onnx", ["ckpt.pt", "-o", "m.onnx", "--quantize", "int4"]),
+])
+def test_usage_errors_are_one_line_and_exit_2(exported_model, tmp_path, command, args):
+    args = [a.replace("{model}", str(exported_model)) for a in args]
+    proc = subprocess.run([str(BIN / command), *args], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
+
+
+@pytest.mark.parametrize("command", ["train-alexnet", "export-onnx"])
+def test_training_commands_without_torch_say_what_to_install(tmp_path, command):
+    """The torch-free install has the console scripts too: without torch they say, in one line,
+    which extra to install (exit 2), instead of a traceback or 'a bug'."""
+    module = {"train-alexnet": "train.cli", "export-onnx": "export.cli"}[command]
+    args = (["--dataset", "cifar10", "--data-dir", str(tmp_path), "--arch", "alexnet_cifar", "--epochs", "1"]
+            if command == "train-alexnet" else [str(tmp_path / "best.pt"), "-o", str(tmp_path / "m.onnx")])
+    script = (f"import sys; sys.modules['torch'] = None; sys.argv[0] = {command!r}\n"
+              f"from {module} import main; main()")
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == ["error: this command needs the training extra (torch is not installed): "
+                                        "pip install 'alexnet-onnx[train]'"]
+
+
+def test_a_folder_without_images_is_an_error_and_skipped_files_are_counted(exported_model, photos, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    result = predict("-m", exported_model, empty, photos / "a cat.png", photos)
+    assert result.exit_code == 1
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == [
+        str(photos / "a cat.png"), str(photos / "a cat.png"), str(photos / "sub" / "b_dög.jpg"), str(photos / "sub" / "c.bmp")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(empty) in errors[0] and "no image files" in errors[0]
+    assert "note: 3 file(s)" in result.stderr  # readme.txt, and notes.txt twice: empty/ lies inside photos/
 
 
 def test_predictor_api(exported_model, photos):

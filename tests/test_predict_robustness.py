@@ -17,8 +17,7 @@ from PIL import Image
 from fuzzing import check_decodes  # the one definition of the property
 from runtime import Predictor
 from runtime.cli import main
-from conftest import ROOT
-from test_image import MODES, SAVE_AS
+from conftest import MODES, ROOT, SAVE_AS
 
 
 def predict(*args):
