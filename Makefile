@@ -1,7 +1,7 @@
 # make test  - create .venv, install .[train,dev], run the test suite (what CI runs)
 # make demo  - train alexnet_cifar briefly on CIFAR-10, export to ONNX with the parity report,
 #              classify a few test images and evaluate the exported model
-# make bench - the benchmark scripts (not part of make test); bench-camera / bench-hostile alone
+# make bench - the benchmark scripts (not part of make test) for CKPT=...; bench-camera / bench-hostile alone
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -34,15 +34,20 @@ demo: install
 	$(BIN)/onnx-predict -m $(DEMO_OUT)/model.onnx --eval "$$(cat $(DEMO_OUT)/test-images/root.txt)"
 	@echo "artifacts: $(DEMO_OUT)/ (best.pt last.pt metrics.json curves.png model.onnx parity.json)"
 
-# Needs `make demo` first: measures its model's variants, cold start and folder throughput.
-BENCH := $(DEMO_OUT)/bench
+# Measures a checkpoint's variants, cold start and folder throughput. CKPT: any train-alexnet
+# checkpoint (default: make demo's); VERIFY: labeled ImageFolder it is checked and timed on.
+# e.g. make bench CKPT=artifacts/cifar10-cpu/best.pt VERIFY=../shared/data/cifar10/test
+CKPT ?= $(DEMO_OUT)/best.pt
+BENCH ?= $(dir $(CKPT))bench
+VERIFY ?= $$(cat $(DEMO_OUT)/test-images/root.txt)
+IMAGE ?= $$(find $(VERIFY) -type f -name '*.*' | sort | head -1)
 bench: install
-	$(BIN)/export-onnx $(DEMO_OUT)/best.pt -o $(BENCH)/model.onnx --quantize all --force \
-		--verify-dir "$$(cat $(DEMO_OUT)/test-images/root.txt)" --verify-size 2000
+	$(BIN)/export-onnx $(CKPT) -o $(BENCH)/model.onnx --quantize all --force \
+		--verify-dir "$(VERIFY)" --verify-size 2000
 	$(BIN)/python benchmarks/variant_latency.py $(BENCH)/model.onnx $(BENCH)/model.int8.onnx $(BENCH)/model.fp16.onnx
-	$(BIN)/python benchmarks/predict_cold_start.py --checkpoint $(DEMO_OUT)/best.pt \
-		--model $(BENCH)/model.onnx --model $(BENCH)/model.int8.onnx --image "$$(head -1 $(DEMO_OUT)/test-images/samples.txt)"
-	$(BIN)/python benchmarks/predict_throughput.py --dir "$$(cat $(DEMO_OUT)/test-images/root.txt)" \
+	$(BIN)/python benchmarks/predict_cold_start.py --checkpoint $(CKPT) \
+		--model $(BENCH)/model.onnx --model $(BENCH)/model.int8.onnx --image "$(IMAGE)"
+	$(BIN)/python benchmarks/predict_throughput.py --dir "$(VERIFY)" \
 		--model $(BENCH)/model.onnx --model $(BENCH)/model.int8.onnx --limit 2000
 	$(MAKE) bench-camera bench-hostile
 
