@@ -25,7 +25,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from fuzzing import MUTATIONS, _field, check_model_file, mutate  # noqa: E402
+from fuzzing import MUTATIONS, check_model_file, mutate, proto  # noqa: E402
 from procstats import run_measured  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def main() -> None:
 
     fixed = {
         "zeros-200MB": b"\x00" * (200 << 20),
-        "unknown-field-200MB": model + _field(99, b"\x01" * (200 << 20)),
+        "unknown-field-200MB": model + proto(99, b"\x01" * (200 << 20)),
         "length-4GB": model + b"\x3a\xff\xff\xff\xff\x0f",
         "fields-2M": b"\x08\x01" * 2_000_000,
     }

@@ -69,9 +69,6 @@ def proto(number: int, payload, wire: int = 2) -> bytes:
     return varint(number << 3 | wire) + varint(len(payload)) + payload
 
 
-_field = proto
-
-
 MUTATIONS = ("truncate", "field0", "zeros", "huge_length", "nest", "duplicate_graph", "duplicate_metadata",
              "unknown_field", "flip", "splice")
 
@@ -92,15 +89,15 @@ def mutate(model: bytes, kind: str, rng: np.random.Generator) -> bytes:
         depth = int(rng.integers(1, 400))
         inner = b""
         for _ in range(depth):
-            inner = _field(1, _field(5, _field(6, inner)))
-        return model + _field(7, inner)
+            inner = proto(1, proto(5, proto(6, inner)))
+        return model + proto(7, inner)
     if kind == "duplicate_graph":  # protobuf merges repeated singular messages
         return model + model[: int(rng.integers(1, n))]
     if kind == "duplicate_metadata":
-        entry = _field(14, _field(1, b"labels") + _field(2, b'["a"]'))
+        entry = proto(14, proto(1, b"labels") + proto(2, b'["a"]'))
         return model + entry + entry
     if kind == "unknown_field":
-        return model + _field(int(rng.integers(30, 1 << 29)), b"\x01" * int(rng.integers(0, 1 << 25)))
+        return model + proto(int(rng.integers(30, 1 << 29)), b"\x01" * int(rng.integers(0, 1 << 25)))
     if kind == "flip":
         data = bytearray(model)
         for where in rng.integers(0, n, int(rng.integers(1, 16))):

@@ -25,7 +25,6 @@ from .config import DATASETS
 from .sources import Source, find_cifar10, find_folder
 
 
-
 @dataclass
 class Split:
     source: Source
