@@ -4,6 +4,7 @@ freezing and discriminative learning rates, DDP under torchrun with gloo."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -132,25 +133,48 @@ def test_frozen_features_do_not_change_in_training(tiny_folder, tmp_path, torch_
     assert not torch.equal(trained["classifier.1.weight"], start["classifier.1.weight"])
 
 
-def test_torchrun_ddp_with_gloo(tiny_folder, tmp_path):
-    out = tmp_path / "ddp"
+def _torchrun(launchers: list[list[str]], args: list[str]) -> list[str]:
+    """Start one torchrun per launcher argument list (together) with `train.cli args`; their stderr."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "train.cli",
-           "--dataset", "folder", "--data-dir", str(tiny_folder), "--arch", "alexnet_cifar", "--epochs", "2",
-           "--batch-size", "16", "--limit-train", "24", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
+    procs = [subprocess.Popen([str(BIN / "torchrun"), *launcher, "-m", "train.cli", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).resolve().parent.parent,
+                              start_new_session=True) for launcher in launchers]
+    outputs = []
     try:
-        stdout, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too
-        raise
-    assert proc.returncode == 0, stderr[-2000:]
-    assert "x2 processes" in stderr and stdout.count("done:") == 1
-    metrics = json.loads((out / "metrics.json").read_text())
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=300)
+            assert proc.returncode == 0, stderr[-2000:]
+            outputs.append(stdout + stderr)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too
+    return outputs
+
+
+def test_torchrun_one_node_and_two_nodes_train_the_same_weights(tiny_folder, tmp_path):
+    """DDP with gloo: 2 processes on one node, then 2 nodes of 1 process each (two torchrun agents
+    meeting at a c10d rendezvous on this machine): same global batch, same final weights."""
+    args = ["--dataset", "folder", "--data-dir", str(tiny_folder), "--arch", "alexnet_cifar", "--epochs", "2",
+            "--batch-size", "16", "--limit-train", "24", "--precision", "fp32"]
+    one = _torchrun([["--standalone", "--nproc_per_node=2"]], [*args, "--out", str(tmp_path / "one")])
+    assert "x2 processes" in one[0] and "fp32 training" in one[0] and one[0].count("done:") == 1
+    metrics = json.loads((tmp_path / "one" / "metrics.json").read_text())
     assert len(metrics["history"]) == 2 and metrics["train_images"] == 24
-    ckpt = torch.load(out / "best.pt", weights_only=True)
-    assert ckpt["epoch"] >= 1 and not any(k.startswith("module.") for k in ckpt["model"])
+    ckpt = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and not any(k.startswith("module.") for k in ckpt["model"])
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    node = ["--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+            "--rdzv-id=two-nodes"]
+    two = _torchrun([node, node], [*args, "--out", str(tmp_path / "two")])
+    assert sum(o.count("done:") for o in two) == 1 and any("x2 processes" in o for o in two)
+    other = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
+    assert other.keys() == ckpt["model"].keys()
+    for name, value in ckpt["model"].items():
+        assert torch.equal(value, other[name]), name
 
 
 def test_store_shards_have_equal_step_counts(tiny_folder):
@@ -205,3 +229,24 @@ def test_both_input_pipelines_draw_the_same_crops(tmp_path, arch, size):
         assert _ks(a, b) < 0.08, f"{arch}: crop {name} edges are distributed differently ({_ks(a, b):.3f})"
     flips = [float(np.mean(d[:, 0] > d[:, 1])) for d in (store, loader)]
     assert all(0.42 < f < 0.58 for f in flips), flips
+
+
+def test_precision_is_a_choice_and_bf16_trains(tiny_folder, tmp_path):
+    """--precision bf16 runs the forward pass under bf16 autocast (on any CPU; fast with AMX) and
+    trains: finite weights that differ from the fp32 run's; auto follows the hardware."""
+    from runtime.errors import UsageError
+    from train.evaluation import uses_bf16
+
+    with pytest.raises(UsageError, match="--precision"):
+        cfg_for(tiny_folder, tmp_path, precision="fp8")
+    assert not uses_bf16(torch.device("cpu"), "fp32") and uses_bf16(torch.device("cpu"), "bf16")
+    assert uses_bf16(torch.device("cuda"), "auto")
+    weights = {}
+    for precision in ("bf16", "fp32"):
+        lines: list[str] = []
+        cfg = cfg_for(tiny_folder, tmp_path / precision, epochs=1, limit_train=16, precision=precision)
+        train(cfg, log=lines.append)
+        assert any(f"{precision} training" in line for line in lines)
+        weights[precision] = torch.load(tmp_path / precision / "last.pt", weights_only=True)["model"]
+    w16, w32 = weights["bf16"]["features.0.weight"], weights["fp32"]["features.0.weight"]
+    assert torch.isfinite(w16).all() and not torch.equal(w16, w32)

@@ -53,6 +53,7 @@ SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 FREEZE = ("none", "features", "all-but-head")
 CACHES = ("auto", "none", "memory")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class TrainConfig:
     backbone_lr_mult: Optional[float] = None  # None: 0.1 when fine-tuning, else 1
     cache: str = "auto"  # none: DataLoader each epoch; memory: decoded once, augmented on device
     compile: bool = False
+    precision: str = "auto"  # training matmuls: auto = bf16 where native (CUDA, CPUs with AMX), else fp32
 
     @property
     def fine_tune(self) -> bool:
@@ -97,7 +99,7 @@ class TrainConfig:
         if self.backbone_lr_mult is None:
             object.__setattr__(self, "backbone_lr_mult", 0.1 if self.fine_tune else 1.0)
         choices = {"dataset": DATASETS, "arch": tuple(ARCHS), "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES,
-                   "freeze": FREEZE, "cache": CACHES}
+                   "freeze": FREEZE, "cache": CACHES, "precision": PRECISIONS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise UsageError(f"--{name} {getattr(self, name)!r} is not valid (choose from {', '.join(valid)})")

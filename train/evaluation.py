@@ -59,8 +59,19 @@ def shipped_from_checkpoint(ckpt: dict[str, Any], path: Path, device: Optional[t
     return shipped(model, cfg).eval(), contract, cfg
 
 
-def autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def uses_bf16(device: torch.device, precision: str = "auto") -> bool:
+    """Whether `precision` means bf16 autocast on `device`: auto picks it where bf16 matrix units
+    are native (CUDA; CPUs with AMX, where it trains ~2x faster than fp32), fp32 elsewhere."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return True
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return device.type == "cpu" and amx is not None and bool(amx())
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
 
 
 @torch.no_grad()
@@ -73,7 +84,7 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, num_clas
         if not len(y):
             continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device):
+        with autocast(device, "auto" if device.type == "cuda" else "fp32"):  # CPU: judge what export ships
             logits = model(x).float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         pred = logits.argmax(1)

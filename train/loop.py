@@ -25,7 +25,7 @@ from .batches import Data
 from .checkpoint import atomic_write, clean_temp_files, contract_of, load_checkpoint, non_finite, save_checkpoint
 from .config import TrainConfig
 from .data import Splits, load_splits
-from .evaluation import autocast, evaluate, shipped, shipped_from_checkpoint
+from .evaluation import autocast, evaluate, shipped, shipped_from_checkpoint, uses_bf16
 from .models import ARCHS, build_model
 from .optim import apply_freeze, make_optimizer, make_scheduler
 from .progress import Progress
@@ -162,7 +162,8 @@ def _build(cfg: TrainConfig, out: Path, ctx: distributed.Dist, ckpt: Optional[di
         log(f"resuming {out / 'last.pt'} after epoch {run.start}/{cfg.epochs}")
     log(f"{cfg.arch} on {cfg.dataset}: {len(splits.train)} train / {len(splits.val) if splits.val else 0} val "
         f"({splits.val_name}) / {len(splits.test) if splits.test else 0} test images, {len(splits.classes)} classes, "
-        f"{device}{f' x{ctx.world} processes' if ctx.enabled else ''}{', in-memory store' if data.memory else ''}")
+        f"{device}{f' x{ctx.world} processes' if ctx.enabled else ''}{', in-memory store' if data.memory else ''}, "
+        f"{'bf16' if uses_bf16(device, cfg.precision) else 'fp32'} training")
     return run
 
 
@@ -261,7 +262,7 @@ def _train_epoch(run: Run, epoch: int, generator: torch.Generator) -> dict[str, 
         x = x.contiguous(memory_format=torch.channels_last)
         x, target = mix_batch(x, y, num_classes, mixup=cfg.mixup, cutmix=cfg.cutmix, smoothing=cfg.label_smoothing,
                               generator=generator)
-        with autocast(device):
+        with autocast(device, cfg.precision):
             logits = run.step_model(x)
             loss = nn.functional.cross_entropy(logits.float(), target)
         value = distributed.all_sum([loss.item()], ctx)[0] / ctx.world
