@@ -17,7 +17,8 @@ from runtime.inputs import walk_images
 from runtime.preprocess import preprocess
 from runtime.session import create_session
 
-from train.checkpoint import atomic_write, sha256_file
+from runtime.atomic import atomic_write
+from train.checkpoint import sha256_file
 from train.config import TrainConfig
 from train.data import load_splits
 

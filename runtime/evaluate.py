@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .classify import classify
+from .classify import Result, classify
 from .errors import DataError
 from .inputs import walk_images
 from .predictor import Predictor
@@ -43,6 +43,44 @@ def class_folders(root: Path, labels: tuple[str, ...]) -> list[str]:
     return names
 
 
+def labeled_images(root: Path, labels: tuple[str, ...]) -> list[tuple[Path, int]]:
+    """(path, label index) for every image of the ImageFolder `root`, in a stable order."""
+    items = [(path, labels.index(name)) for name in class_folders(root, labels) for path in walk_images(root / name)]
+    if not items:
+        raise DataError(f"{root}: no images found in the class folders")
+    return items
+
+
+class Scorer:
+    """Top-1/top-5 and per-class counts, fed one (truth, Result) at a time."""
+
+    def __init__(self, labels: tuple[str, ...]) -> None:
+        self.labels = labels
+        self.hits1 = np.zeros(len(labels), np.int64)
+        self.hits5 = np.zeros(len(labels), np.int64)
+        self.counts = np.zeros(len(labels), np.int64)
+        self.failed = 0
+
+    def add(self, target: int, result: Result) -> None:
+        if result.prediction is None:
+            self.failed += 1
+            return
+        self.counts[target] += 1
+        self.hits1[target] += result.prediction.index == target
+        self.hits5[target] += self.labels[target] in (label for label, _ in result.prediction.top_k)
+
+    def report(self) -> EvalReport:
+        labels, counts = self.labels, self.counts
+        report = EvalReport(n=int(counts.sum()), failed=self.failed)
+        if report.n:
+            report.top1 = float(self.hits1.sum() / report.n)
+            report.top5 = float(self.hits5.sum() / report.n)
+        report.per_class = {
+            labels[i]: {"top1": float(self.hits1[i] / counts[i]), "n": int(counts[i])} for i in range(len(labels)) if counts[i]
+        }
+        return report
+
+
 def evaluate(
     predictor: Predictor,
     root: Path,
@@ -52,35 +90,14 @@ def evaluate(
     on_error: Callable[[str], None],
     on_progress: Optional[Callable[[int], None]] = None,
 ) -> EvalReport:
-    labels = predictor.labels
-    names = class_folders(root, labels)
-    items = [(path, labels.index(name)) for name in names for path in walk_images(root / name)]
-    if not items:
-        raise DataError(f"{root}: no images found in the class folders")
-    truth = iter(t for _, t in items)
-    k = min(5, len(labels))
-    hits1 = np.zeros(len(labels), np.int64)
-    hits5 = np.zeros(len(labels), np.int64)
-    counts = np.zeros(len(labels), np.int64)
-    report = EvalReport()
-    for done, result in enumerate(
-        classify(predictor, (p for p, _ in items), batch_size=batch_size, top_k=k, workers=workers), start=1
-    ):
-        target = next(truth)
+    items = labeled_images(root, predictor.labels)
+    scorer = Scorer(predictor.labels)
+    k = min(5, len(predictor.labels))
+    results = classify(predictor, (p for p, _ in items), batch_size=batch_size, top_k=k, workers=workers)
+    for done, ((_, target), result) in enumerate(zip(items, results), start=1):
+        scorer.add(target, result)
         if result.prediction is None:
-            report.failed += 1
             on_error(result.error or str(result.path))
-            continue
-        counts[target] += 1
-        hits1[target] += result.prediction.index == target
-        hits5[target] += labels[target] in (label for label, _ in result.prediction.top_k)
-        if on_progress:
+        elif on_progress:
             on_progress(done)
-    report.n = int(counts.sum())
-    if report.n:
-        report.top1 = float(hits1.sum() / report.n)
-        report.top5 = float(hits5.sum() / report.n)
-    report.per_class = {
-        labels[i]: {"top1": float(hits1[i] / counts[i]), "n": int(counts[i])} for i in range(len(labels)) if counts[i]
-    }
-    return report
+    return scorer.report()

@@ -20,11 +20,13 @@ one byte per pixel (`decode` returns "L" or "RGB"; `load_image` always RGB).
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import stat
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -62,7 +64,17 @@ FAST_DECODE_FACTOR = 1.5
 DECODE_MODES = ("exact", "fast")
 _BAND_PIXELS = 1 << 20  # pixels converted at a time: temporaries stay a few MB
 
-ImageSource = Union[str, os.PathLike, Image.Image]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """An image file's bytes already read (e.g. from object storage), under the name errors show."""
+
+    name: str
+    data: bytes
+
+
+ImageSource = Union[str, os.PathLike, Image.Image, Encoded]
 
 
 def load_image(source: ImageSource) -> Image.Image:
@@ -82,14 +94,32 @@ def opened(source: ImageSource, *, min_side: int | None = None) -> Iterator[Imag
     if isinstance(source, Image.Image):
         yield source
         return
-    path = Path(source)
+    path = Path(source.name) if isinstance(source, Encoded) else Path(source)
+    with _image_errors(path), \
+            (io.BytesIO(source.data) if isinstance(source, Encoded) else _open_regular(path)) as f, \
+            Image.open(f, formats=ALLOWED_FORMATS) as im:
+        _check_pixels(im, path)
+        if min_side is not None:
+            _draft(im, min_side)
+        _check_budget(im, path)
+        yield im
+
+
+def read_file(path: Path, name: str) -> Encoded:
+    """The bytes of the image file at `path`, refused as `opened` refuses it (not a regular file,
+    missing, unreadable, or larger than DECODE_BUDGET), under the name errors show."""
+    with _image_errors(Path(name)), _open_regular(Path(path), name) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > DECODE_BUDGET:
+            raise ImageError(f"{name}: the file is {size >> 20} MiB, more than the {DECODE_BUDGET >> 20} MiB an image may be")
+        return Encoded(name, f.read())
+
+
+@contextmanager
+def _image_errors(path: Path) -> Iterator[None]:
+    """Every failure to open, read or decode `path` as one ImageError line."""
     try:
-        with _open_regular(path) as f, Image.open(f, formats=ALLOWED_FORMATS) as im:
-            _check_pixels(im, path)
-            if min_side is not None:
-                _draft(im, min_side)
-            _check_budget(im, path)
-            yield im
+        yield
     except ImageError:
         raise
     except FileNotFoundError:
@@ -109,7 +139,7 @@ def opened(source: ImageSource, *, min_side: int | None = None) -> Iterator[Imag
         raise ImageError(f"{path}: cannot decode image ({first_line(exc)})") from None
 
 
-def _open_regular(path: Path):
+def _open_regular(path: Path, name: str | None = None):
     # O_NONBLOCK: opening a FIFO must not wait for a writer (regular files ignore the flag).
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     mode = os.fstat(fd).st_mode
@@ -117,7 +147,7 @@ def _open_regular(path: Path):
         os.close(fd)
         if stat.S_ISDIR(mode):
             raise IsADirectoryError
-        raise ImageError(f"{path}: not a regular file (a pipe, socket or device); skipped")
+        raise ImageError(f"{name or path}: not a regular file (a pipe, socket or device); skipped")
     return os.fdopen(fd, "rb")
 
 

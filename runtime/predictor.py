@@ -20,7 +20,7 @@ from typing import Iterable, Union
 import numpy as np
 from PIL import Image
 
-from .contract import Contract, ContractError
+from .contract import Contract, ContractError, Preprocess
 from .errors import ImageError, ModelError, UsageError, first_line
 from .image import DECODE_MODES, DECODES, FAST_DECODE_FACTOR, ImageSource, decode, decode_cost, opened
 from .modelfile import open_model
@@ -84,8 +84,6 @@ class Predictor:
         if error:
             raise ModelError(f"{self.path}: {error}")
         self._check_signature()
-        resize = self.contract.preprocess.resize
-        self._min_side = math.ceil(FAST_DECODE_FACTOR * resize) if decode == "fast" else None
 
     def _check_signature(self) -> None:
         """The one input and first output must fit the contract; a fixed batch size is kept and
@@ -126,8 +124,7 @@ class Predictor:
     def preprocess(self, image: ImageSource) -> np.ndarray:
         """A path or PIL image -> float32 array (3, crop, crop), exactly the training eval transform.
         Decoding waits for room in the process-wide decode budget (runtime.image.DECODES)."""
-        with opened(image, min_side=self._min_side) as im, DECODES.hold(decode_cost(im)):
-            return preprocess(decode(im), self.contract.preprocess)
+        return prepare(image, self.contract.preprocess, self.decode)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw model outputs (float32, (N, classes)) for a preprocessed batch (N, 3, crop, crop),
@@ -168,6 +165,15 @@ class Predictor:
         order = np.argsort(-probs, kind="stable")[: max(1, min(top_k, len(probs)))]
         top = tuple((self.labels[i], float(probs[i])) for i in order)
         return Prediction(label=top[0][0], score=top[0][1], index=int(order[0]), top_k=top)
+
+
+def prepare(image: ImageSource, spec: Preprocess, decode_mode: str = "exact") -> np.ndarray:
+    """What `Predictor.preprocess` does, without a model: the image policy, then `spec`'s resize,
+    crop and normalization. `decode_mode` "fast" first reduces JPEGs in the DCT domain to the
+    smallest scale whose shorter side stays >= FAST_DECODE_FACTOR x resize."""
+    min_side = math.ceil(FAST_DECODE_FACTOR * spec.resize) if decode_mode == "fast" else None
+    with opened(image, min_side=min_side) as im, DECODES.hold(decode_cost(im)):
+        return preprocess(decode(im), spec)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

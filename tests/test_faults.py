@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import bad_checkpoint, make_image_folder, png_header_only
-from train.checkpoint import PAUSE_IN_WRITE_ENV
+from runtime.atomic import PAUSE_IN_WRITE_ENV
 from train.cli import main as train_main
 
 BIN = Path(sys.executable).parent
