@@ -1,8 +1,11 @@
 """Classify a stream of image paths in batches and write one result per input, in input order.
 
-Decoding and preprocessing run in a thread pool (Pillow and numpy release the GIL) while the
-previous batch runs through onnxruntime; at most two batches are in flight, so memory stays
-bounded on folders of any size.
+Two thread pools share the cores (Pillow, numpy and onnxruntime release the GIL): `workers`
+threads decode and preprocess images, and up to `workers` batches run through the model at once,
+each as one onnxruntime call that waits for its own images. With a single-threaded session, model
+calls then never wait at an intra-op barrier for a core a decoder holds, so whichever half is the
+bottleneck gets every core. At most `workers + 1` batches are in flight, so memory stays bounded
+on folders of any size.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ FORMATS = ("text", "json", "csv")
 
 @dataclass(frozen=True)
 class Result:
-    path: Path
+    path: Path | str  # str: a URI, kept as given
     prediction: Optional[Prediction] = None
     error: Optional[str] = None
 
@@ -37,15 +40,17 @@ def classify(
     predictor: Predictor, items: Iterable[InputItem], *, batch_size: int, top_k: int, workers: int
 ) -> Iterator[Result]:
     """Yield a Result per input item, in order; bad inputs become Results with `error` set."""
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: deque = deque()
+    workers = max(1, workers)
+    with ThreadPoolExecutor(workers) as decoders, ThreadPoolExecutor(workers) as models:
+        pending: deque[Future] = deque()
         it = iter(items)
         while True:
             chunk = list(islice(it, batch_size))
             if chunk:
-                pending.append((chunk, [_submit(pool, predictor, item) for item in chunk]))
-            if pending and (len(pending) > 1 or not chunk):
-                yield from _finish(predictor, *pending.popleft(), top_k=top_k)
+                futures = [_submit(decoders, predictor, item) for item in chunk]
+                pending.append(models.submit(_finish, predictor, chunk, futures, top_k=top_k))
+            if pending and (len(pending) > workers or not chunk):
+                yield from pending.popleft().result()
             if not chunk and not pending:
                 return
 
@@ -54,7 +59,8 @@ def _submit(pool: ThreadPoolExecutor, predictor: Predictor, item: InputItem) -> 
     return None if isinstance(item, Missing) else pool.submit(predictor.preprocess, item)
 
 
-def _finish(predictor: Predictor, chunk: list, futures: list, *, top_k: int) -> Iterator[Result]:
+def _finish(predictor: Predictor, chunk: list, futures: list, *, top_k: int) -> list[Result]:
+    """The chunk's Results once its images are decoded and the model has run on them."""
     arrays: list[np.ndarray] = []
     outcome: list = []
     for item, future in zip(chunk, futures):
@@ -69,13 +75,15 @@ def _finish(predictor: Predictor, chunk: list, futures: list, *, top_k: int) -> 
         except Exception as exc:  # never let one odd file stop the others
             outcome.append(Result(item, error=f"{item}: cannot use image ({type(exc).__name__}: {first_line(exc)})"))
     rows = iter(predictor.logits(np.stack(arrays)) if arrays else [])
+    results = []
     for item, result in zip(chunk, outcome):
         if result is None:
             try:
                 result = Result(item, prediction=predictor.prediction(next(rows), top_k))
             except ImageError as exc:  # a non-finite output: this image fails, the others stand
                 result = Result(item, error=f"{item}: {exc}")
-        yield result
+        results.append(result)
+    return results
 
 
 class Writer:
@@ -89,11 +97,8 @@ class Writer:
 
     def write(self, result: Result) -> None:
         pred = result.prediction
-        if self.fmt == "json":  # lossless: os.fsencode(obj["path"]) gives back the file's bytes
-            path = str(result.path)
-            obj = {"path": path, **pred.to_dict()} if pred else {"path": path, "error": printable(result.error or "")}
-            # ASCII escapes keep any name valid JSON and inert on a terminal; no NaN ever.
-            self.out.write(json.dumps(obj, allow_nan=False) + "\n")
+        if self.fmt == "json":
+            self.out.write(json_line(result) + "\n")
             return
         path = printable(str(result.path))
         top_k = [(printable(label), score) for label, score in pred.top_k] if pred else []
@@ -108,3 +113,12 @@ class Writer:
         else:
             ranked = " | ".join(f"{label} {score:.4f}" for label, score in top_k)
             self.out.write(f"{path}\t{ranked}\n")
+
+
+def json_line(result: Result) -> str:
+    """`--format json`'s line for a result: path, label, score and top_k, or path and error.
+    Lossless: os.fsencode(obj["path"]) gives back the file's bytes; ASCII escapes keep any name
+    valid JSON and inert on a terminal; never NaN."""
+    pred, path = result.prediction, str(result.path)
+    obj = {"path": path, **pred.to_dict()} if pred else {"path": path, "error": printable(result.error or "")}
+    return json.dumps(obj, allow_nan=False)
