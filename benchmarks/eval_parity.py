@@ -48,9 +48,16 @@ def main() -> None:
     torch_top1 = torch_logits.argmax(1)
     ranked = np.sort(torch_logits, axis=1)
     margin = ranked[:, -1] - ranked[:, -2]
-    figures = {"images": len(items), "pytorch_top1": float((torch_top1 == truth).mean()), "models": {}}
+    confusion = np.zeros((len(labels), len(labels)), np.int64)
+    np.add.at(confusion, (truth, torch_top1), 1)
+    figures = {"images": len(items), "pytorch_top1": float((torch_top1 == truth).mean()),
+               "pytorch_confusion": {"labels": labels, "rows_truth_columns_predicted": confusion.tolist()}, "models": {}}
     print(f"{len(items)} images in {args.dir}; PyTorch ({args.checkpoint}) top-1 {figures['pytorch_top1']:.4f} "
-          f"({int((torch_top1 == truth).sum())} correct)")
+          f"({int((torch_top1 == truth).sum())} correct); confusion (rows: truth, columns: predicted):")
+    width = max(5, *(len(label) for label in labels))
+    print(" " * width + "".join(f"{label[:5]:>6}" for label in labels))
+    for label, row in zip(labels, confusion):
+        print(f"{label:<{width}}" + "".join(f"{n:>6}" for n in row))
     for path in args.model:
         predictor = Predictor(path)
         logits = np.concatenate([predictor.logits(inputs[i:i + args.batch_size]) for i in range(0, len(inputs), args.batch_size)])

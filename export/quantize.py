@@ -10,12 +10,40 @@ ConvInteger kernels are slower than fp32 on CPUs without VNNI (figures: docs/per
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# onnxruntime's entropy calibrator defaults to as many histogram bins as quantized bins (128), which
+# leaves its KL search a single candidate, the full range: the model came out byte-identical to
+# minmax's. quantize_static passes no bin counts through, so `_entropy_bins` hands the calibrator
+# 2048 bins (TensorRT's choice), giving it thresholds to choose from.
+ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}
+
+
+@contextmanager
+def _entropy_bins() -> Iterator[None]:
+    import importlib
+
+    from onnxruntime.quantization import CalibrationMethod
+
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not the function
+
+    original = ort_quantize.create_calibrator
+
+    def create_calibrator(*args, **kwargs):
+        if kwargs.get("calibrate_method") == CalibrationMethod.Entropy:
+            kwargs["extra_options"] = {**ENTROPY_BINS, **(kwargs.get("extra_options") or {})}
+        return original(*args, **kwargs)
+
+    ort_quantize.create_calibrator = create_calibrator
+    try:
+        yield
+    finally:
+        ort_quantize.create_calibrator = original
 _CALIB_BATCH = 16
 
 
@@ -35,10 +63,14 @@ def quantize_int8(fp32: bytes, calibration: np.ndarray, method: str = "minmax") 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
 
+    # Equal batches: onnxruntime's histogram calibrators (entropy, percentile) stack every batch's
+    # outputs into one array and fail on a short last batch.
+    batch = max(d for d in range(1, _CALIB_BATCH + 1) if len(calibration) % d == 0)
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.batches: Iterator[dict] = iter(
-                {"input": calibration[i : i + _CALIB_BATCH]} for i in range(0, len(calibration), _CALIB_BATCH)
+                {"input": calibration[i : i + batch]} for i in range(0, len(calibration), batch)
             )
 
         def get_next(self):
@@ -48,18 +80,19 @@ def quantize_int8(fp32: bytes, calibration: np.ndarray, method: str = "minmax") 
         src, pre, out = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         src.write_bytes(fp32)
         quant_pre_process(str(src), str(pre))
-        quantize_static(
-            str(pre),
-            str(out),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            reduce_range=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=methods[method],
-            extra_options={"CalibTensorRangeSymmetric": False},
-        )
+        with _entropy_bins():
+            quantize_static(
+                str(pre),
+                str(out),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[method],
+                extra_options={"CalibTensorRangeSymmetric": False},
+            )
         return out.read_bytes()
 
 

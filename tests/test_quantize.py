@@ -124,3 +124,22 @@ def test_calibration_dir_without_images_exits_3(trained_run, tmp_path):
     (tmp_path / "calib" / "broken.jpg").write_bytes(b"not an image")
     result = run_export(trained_run / "best.pt", "-o", tmp_path / "m.onnx", "--quantize", "int8", "--calib-dir", tmp_path / "calib")
     assert result.exit_code == 3 and "calibration" in result.stderr and not (tmp_path / "m.onnx").exists()
+
+
+def test_each_calibration_method_calibrates_differently(exported_model, tiny_folder):
+    """minmax, entropy and percentile must each reach onnxruntime's calibrator with what it needs:
+    three methods, three different sets of activation scales (entropy once came out identical to
+    minmax: onnxruntime's default bin counts left its search one candidate)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from export.quantize import CALIBRATION_METHODS, quantize_int8
+
+    p = Predictor(exported_model)
+    calib = np.stack([p.preprocess(f) for f in sorted((tiny_folder / "train").glob("*/*.png"))[:24]])
+    scales = {}
+    for method in CALIBRATION_METHODS:
+        model = onnx.load_from_string(quantize_int8(exported_model.read_bytes(), calib, method))
+        scales[method] = tuple(float(numpy_helper.to_array(t)) for t in model.graph.initializer
+                               if t.name.endswith("_scale") and not t.dims)
+    assert len(set(scales.values())) == len(CALIBRATION_METHODS), scales
