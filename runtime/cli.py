@@ -20,7 +20,7 @@ FEW_IMAGES = 4
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-m", "--model", "model", required=True, type=click.Path(path_type=Path), help="The .onnx model.")
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path())  # str: a URI keeps its "//"
 @click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1), help="Labels per image.")
 @click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(["text", "json", "csv"]))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
@@ -29,16 +29,24 @@ FEW_IMAGES = 4
               help="exact: the training eval transform bit for bit; fast: JPEGs decoded at a reduced DCT "
                    "scale first (camera photos several times faster; see README).")
 @click.option("--eval", "eval_dir", type=click.Path(path_type=Path), help="Evaluate on an ImageFolder DIR instead.")
+@click.option("--ray", "ray_address", metavar="ADDRESS|auto|local",
+              help="Run as a Ray Data pipeline: on the cluster at ADDRESS, the running one (auto), or a "
+                   "private one on this machine (local). Needs 'alexnet-onnx[cluster]'.")
+@click.option("--output", type=click.Path(path_type=Path),
+              help="With --ray: write the rows (--format json's fields) to OUT.parquet or OUT.jsonl; "
+                   "a rerun with the same OUT classifies only what it lacks.")
 @debug_option
 def main(
     model: Path,
-    paths: tuple[Path, ...],
+    paths: tuple[str, ...],
     top_k: int,
     fmt: str,
     batch_size: int,
     threads: int | None,
     decode: str,
     eval_dir: Path | None,
+    ray_address: str | None,
+    output: Path | None,
     debug: bool,
 ) -> None:
     """Classify images (files, directories, globs) with MODEL, or evaluate it with --eval DIR.
@@ -48,6 +56,7 @@ def main(
       onnx-predict -m model.onnx cat.jpg photos/ 'shots/**/*.png'
       onnx-predict -m model.onnx --format json --top-k 3 photos/ > preds.jsonl
       onnx-predict -m model.onnx --eval data/test --format json
+      onnx-predict -m model.onnx --ray auto /shared/photos s3://bucket/photos --output preds.parquet
 
     Exit codes: 0 all ok, 1 some inputs failed, 2 usage, 3 bad model or data, 4 I/O.
     """
@@ -57,12 +66,17 @@ def main(
             raise UsageError("give either PATHs or --eval DIR, not both")
         if eval_dir is None and not paths:
             raise UsageError("no PATH given (images, directories or globs), and no --eval DIR")
+        if output is not None and ray_address is None:
+            raise UsageError("--output goes with --ray (without it the results go to standard output)")
+        if ray_address is not None:
+            return _cluster(model, paths, eval_dir, ray_address, output, fmt, top_k, batch_size, decode, threads, debug)
         from .predictor import Predictor
         from .session import available_cores
 
-        few = eval_dir is None and len(paths) <= FEW_IMAGES and all(_is_file(p) for p in paths)
-        predictor = Predictor(model, threads=threads, few_images=few, decode=decode)
+        few = eval_dir is None and len(paths) <= FEW_IMAGES and all(_is_file(Path(p)) for p in paths)
         workers = threads or available_cores()
+        # Folders: `workers` single-threaded model calls side by side with the decoders (classify).
+        predictor = Predictor(model, threads=threads if few else 1, few_images=few, decode=decode)
         if eval_dir is not None:
             return _evaluate(predictor, eval_dir, fmt, batch_size, workers)
         return _predict(predictor, paths, fmt, top_k, batch_size, workers)
@@ -113,6 +127,10 @@ def _evaluate(predictor, root: Path, fmt: str, batch_size: int, workers: int) ->
             click.echo(f"\r{done} images", err=True, nl=False)
 
     report = evaluate(predictor, root, batch_size=batch_size, workers=workers, on_error=on_error, on_progress=on_progress)
+    return _report(report, fmt)
+
+
+def _report(report, fmt: str) -> int:
     if fmt == "json":
         click.echo(json.dumps(report.to_dict(), allow_nan=False))
     else:
@@ -120,6 +138,62 @@ def _evaluate(predictor, root: Path, fmt: str, batch_size: int, workers: int) ->
         for label, stats in report.per_class.items():
             click.echo(f"  {printable(label):<20} top-1 {stats['top1']:.4f}  n {stats['n']}")
     return EXIT_SOME_FAILED if report.failed else EXIT_OK
+
+
+def _cluster(model: Path, paths, eval_dir: Path | None, address: str, output: Path | None, fmt: str, top_k: int,
+             batch_size: int, decode: str, threads: int | None, debug: bool) -> int:
+    """`--ray`: the model is checked here (exit 3) before the cluster does any work."""
+    import tempfile
+
+    from .predictor import Predictor
+
+    from importlib.util import find_spec
+
+    if output is None and eval_dir is None:
+        raise UsageError("--ray needs --output OUT.parquet or OUT.jsonl for the results")
+    if find_spec("ray") is None or find_spec("pyarrow") is None:
+        raise UsageError("--ray needs Ray Data: pip install 'alexnet-onnx[cluster]'")
+    from . import cluster
+
+    with tempfile.TemporaryDirectory(prefix="alexnet-onnx-eval-") as tmp:
+        out = cluster.Output(output or Path(tmp, "rows.jsonl"))
+        predictor = Predictor(model)
+        labeled: dict[str, int] = {}
+        if eval_dir is not None:
+            from .evaluate import labeled_images
+
+            items = labeled_images(eval_dir, predictor.labels)
+            labeled = {str(p): target for p, target in items}
+            sources, missing = [cluster.Source(str(p), os.path.abspath(p)) for p, _ in items], []
+            top_k = min(5, len(predictor.labels))
+        else:
+            sources, missing = cluster.list_sources(paths, lambda n: click.echo(
+                f"note: {n} file(s) in the folders have no image suffix and were skipped", err=True))
+        with cluster.ray_output_silenced(not debug):
+            cluster.connect(address, threads)
+            try:
+                summary = cluster.run(model, predictor, sources, missing, out, top_k=top_k, decode=decode,
+                                      batch_size=batch_size, on_progress=cluster.stderr_progress)
+            finally:
+                cluster.disconnect()
+        back = "\r" if sys.stderr.isatty() else ""
+        click.echo(f"{back}{summary.classified} classified, {summary.already} already in "
+                   f"{printable(str(out.path))}, {summary.failed} failed, {summary.seconds:.1f} s; ran on {summary.nodes} "
+                   f"node(s) (decoding on {summary.decode_nodes}, classifying on {summary.classify_nodes})", err=True)
+        rows = {row["path"]: row for row in cluster.read_rows(out.path)}
+        if eval_dir is None:
+            wanted = [s.path for s in sources] + [str(r.path) for r in missing]
+            return EXIT_SOME_FAILED if any("error" in rows[p] for p in wanted if p in rows) else EXIT_OK
+        from .evaluate import Scorer
+
+        scorer = Scorer(predictor.labels)
+        for path, target in labeled.items():
+            row = rows[path]
+            prediction = cluster.prediction_from_row(row, predictor.labels)
+            scorer.add(target, cluster.Result(Path(path), prediction=prediction, error=row.get("error")))
+            if prediction is None:
+                click.echo(f"error: {printable(row['error'])}", err=True)
+        return _report(scorer.report(), fmt)
 
 
 def entry() -> None:

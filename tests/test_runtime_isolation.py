@@ -1,7 +1,11 @@
 """runtime/ never imports torch or onnx, directly or indirectly."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from conftest import ROOT
 
@@ -16,14 +20,15 @@ result = CliRunner().invoke(main, ["-m", sys.argv[1], "--format", "json", sys.ar
 assert result.exit_code == 0, result.output
 p = Predictor(sys.argv[1])
 p.predict([sys.argv[2]])
-import runtime.classify, runtime.evaluate, runtime.inputs, runtime.image, runtime.preprocess, runtime.contract
+import runtime.classify, runtime.evaluate, runtime.inputs, runtime.image, runtime.preprocess, runtime.contract, runtime.cluster
 print(",".join(sorted(m for m in sys.modules if m.split(".")[0] in {forbidden})))
 """
 
 
 def test_runtime_loads_no_torch_or_onnx(exported_model, tiny_folder):
+    """Nor Ray: the cluster extra is imported only by --ray."""
     image = next((tiny_folder / "test" / "cat").iterdir())
-    script = SCRIPT.replace("{forbidden}", repr(set(FORBIDDEN)))
+    script = SCRIPT.replace("{forbidden}", repr(set(FORBIDDEN + ("ray", "pyarrow"))))
     proc = subprocess.run([sys.executable, "-c", script, str(exported_model), str(image)],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -37,3 +42,34 @@ def test_runtime_sources_do_not_mention_torch_imports():
             if stripped.startswith(("import ", "from ")):
                 module = stripped.split()[1].split(".")[0]
                 assert module not in FORBIDDEN + ("train", "export"), f"{path.name}: {stripped}"
+
+
+# Imported at start-up by every Python process that gets this PYTHONPATH (driver and Ray workers):
+# any attempt to import a forbidden module is written to the log and fails as if not installed.
+SITECUSTOMIZE = """
+import os, sys
+class _Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {forbidden}:
+            with open(os.environ["FORBIDDEN_IMPORT_LOG"], "a") as log:
+                log.write(f"{os.getpid()} {name}\\n")
+            raise ImportError(f"{name} is forbidden here")
+        return None
+sys.meta_path.insert(0, _Refuse())
+"""
+
+
+def test_cluster_run_loads_no_torch_or_onnx_on_driver_or_workers(exported_model, tiny_folder, tmp_path):
+    pytest.importorskip("ray", reason="the cluster extra is not installed: pip install '.[cluster]'")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE.replace("{forbidden}", repr(set(FORBIDDEN))))
+    log = tmp_path / "imports.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "FORBIDDEN_IMPORT_LOG": str(log)}
+    out = tmp_path / "rows.jsonl"
+    exe = str(Path(sys.executable).parent / "onnx-predict")
+    proc = subprocess.run([exe, "-m", str(exported_model), "--ray", "local", str(tiny_folder / "test"),
+                           "--output", str(out)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert len(out.read_text().splitlines()) == 12
+    assert not log.exists(), f"forbidden imports attempted: {log.read_text()}"
