@@ -1,7 +1,7 @@
 # make test  - create .venv, install .[train,cluster,dev], run the test suite (what CI runs)
 # make demo  - train alexnet_cifar briefly on CIFAR-10, export to ONNX with the parity report,
 #              classify a few test images and evaluate the exported model
-# make bench - the benchmark scripts (not part of make test) for CKPT=...; bench-camera / bench-hostile alone
+# make bench - the benchmark scripts (not part of make test) for CKPT=...; bench-camera / bench-hostile / bench-cluster alone
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,7 @@ DEMO_OUT ?= artifacts/demo
 DEMO_EPOCHS ?= 4
 DEMO_LIMIT ?= 2500
 
-.PHONY: test demo bench bench-camera bench-hostile install clean
+.PHONY: test demo bench bench-camera bench-hostile bench-cluster install clean
 
 install: $(BIN)/.installed
 
@@ -49,7 +49,7 @@ bench: install
 		--model $(BENCH)/model.onnx --model $(BENCH)/model.int8.onnx --image "$(IMAGE)"
 	$(BIN)/python benchmarks/predict_throughput.py --dir "$(VERIFY)" \
 		--model $(BENCH)/model.onnx --model $(BENCH)/model.int8.onnx --limit 2000
-	$(MAKE) bench-camera bench-hostile
+	$(MAKE) bench-camera bench-hostile bench-cluster
 
 # Camera-size photos, exact vs fast decoding. MODEL: a trained 224-px model for meaningful
 # agreement figures (e.g. MODEL=artifacts/fl/flowers.onnx; the demo's 32-px model works too).
@@ -69,6 +69,10 @@ bench-hostile: install
 	$(BIN)/python benchmarks/fuzz_modelfile.py --model $(MODEL) \
 		--image "$$(find $(CAMERA)/2mp -name '*.jpg' | sort | head -1)" --cases 2000 --cli-every 10
 	$(BIN)/python benchmarks/deep_images.py --model $(MODEL)
+
+# onnx-predict --ray local vs plain onnx-predict on the same photos; the driver's own rates.
+bench-cluster: install
+	$(BIN)/python benchmarks/cluster_throughput.py --model $(MODEL) --dir $(PHOTOS) --limit 1800
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -198,6 +198,7 @@ def test_weights_broken_by_an_epochs_last_step_stop_with_exit_5(tiny_folder, tmp
     assert result.exit_code == 5 and "weights became NaN/inf in epoch 2" in result.stderr, result.stderr
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["epoch"] == 1 and all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+    assert last["rng"] == {"seed": 0, "next_epoch": 1}
 
 
 def test_unwritable_out_fails_before_training(tiny_folder, tmp_path):

@@ -62,7 +62,8 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 
 def seed_epoch(seed: int, epoch: int) -> torch.Generator:
     """Every epoch's shuffling and augmentation depend only on (seed, epoch): a resumed run
-    repeats exactly what an uninterrupted one would have done, so no RNG state is checkpointed."""
+    repeats exactly what an uninterrupted one would have done, so a checkpoint's `rng` entry is
+    just that pair (no generator state to restore)."""
     torch.manual_seed(seed * 100_003 + epoch)
     random.seed(seed * 100_003 + epoch)
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -293,7 +294,8 @@ def _train_epoch(run: Run, epoch: int, generator: torch.Generator) -> dict[str, 
 def _state(run: Run, epoch: int) -> dict[str, Any]:
     state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
              "epoch": epoch, "config": run.cfg.to_dict(), "contract": run.contract.to_metadata(),
-             "history": run.history, "best_val_top1": run.best}
+             "history": run.history, "best_val_top1": run.best,
+             "rng": {"seed": run.cfg.seed, "next_epoch": epoch}}  # all a resume needs: see seed_epoch
     if run.ema is not None:
         state["ema"] = run.ema.model.state_dict()
     return state
