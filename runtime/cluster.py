@@ -224,18 +224,27 @@ class Output:
         self._count += 1
 
     def finish(self) -> int:
-        """Merge OUT and the parts into OUT (atomically), then drop the parts; returns the rows."""
-        lines = list(self.lines())
+        """Merge OUT and the parts into OUT (atomically), then drop the parts; returns the rows.
+        Each path once: a merge killed after replacing OUT but before dropping the parts leaves
+        rows in both, and the next merge keeps the first."""
+        seen: set[str] = set()
+
+        def unique() -> Iterator[str]:
+            for line in self.lines():
+                path = json.loads(line)["path"]
+                if path not in seen:
+                    seen.add(path)
+                    yield line
+
         if self.path.suffix.lower() == ".parquet":
-            data = _parquet_bytes(lines)
-            atomic_write(self.path, lambda f: f.write(data))
+            atomic_write(self.path, lambda f: _write_parquet(unique(), f))
         else:
-            atomic_write(self.path, lambda f: f.write("".join(line + "\n" for line in lines).encode("utf-8")))
+            atomic_write(self.path, lambda f: f.writelines((line + "\n").encode("utf-8") for line in unique()))
         for part in self._part_files():
             part.unlink()
         if self.parts.is_dir():
             self.parts.rmdir()
-        return len(lines)
+        return len(seen)
 
 
 def _schema():
@@ -246,17 +255,22 @@ def _schema():
                       ("top_k", top), ("error", pa.string())])
 
 
-def _parquet_bytes(lines: list[str]) -> bytes:
-    """Rows as Parquet: the JSON fields as columns; a field a row lacks is null."""
+def _write_parquet(lines: Iterable[str], f: Any, chunk: int = 100_000) -> None:
+    """Rows as Parquet, written in row groups of `chunk`: the JSON fields as columns; a field a
+    row lacks is null."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = _schema()
-    rows = [json.loads(line) for line in lines]
-    table = pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
+    with pq.ParquetWriter(f, schema) as writer:
+        rows: list[dict] = []
+        for line in lines:
+            row = json.loads(line)
+            rows.append({name: row.get(name) for name in schema.names})
+            if len(rows) == chunk:
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                rows = []
+        writer.write_table(pa.Table.from_pylist(rows, schema=schema))
 
 
 def _read_output(path: Path) -> Iterator[str]:
