@@ -309,3 +309,15 @@ def test_duplicate_raw_data_follows_protobuf_last_one_wins():
         model = proto(7, proto(5, tensor))
         (start, end), = scan_model(model).initializer_data
         assert model[start:end] == last
+
+
+def test_ray_without_the_cluster_extra_is_one_usage_line(exported_model, tmp_path, monkeypatch):
+    """The torch-free install has no Ray: --ray says what to install, exit 2, before any work."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("ray", "pyarrow") else real(name, *a))
+    result = predict("-m", exported_model, "--ray", "local", tmp_path, "--output", tmp_path / "rows.jsonl")
+    assert result.exit_code == 2, result.output
+    assert "pip install 'alexnet-onnx[cluster]'" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "rows.jsonl").exists()
