@@ -405,9 +405,10 @@ def run(model: Path, predictor: Predictor, sources: list[Source], missing: list[
     return summary
 
 
-# Logical CPUs each stage asks Ray for. Half a CPU each lets a decode task and a model call share
-# every core, as the local pipeline does (runtime.classify): whichever stage is the bottleneck
-# then gets all of them.
+# Logical CPUs each stage asks Ray for. Actors ask for half a CPU, so single-threaded model calls
+# run beside the decode tasks on the same cores, as the local pipeline does (runtime.classify).
+# Decode tasks ask for a whole one: with equal requests Ray Data fuses the two stages into the
+# actors, and decoding would no longer run in stateless tasks.
 DECODE_CPUS = 1
 ACTOR_CPUS = 0.5
 
