@@ -144,10 +144,9 @@ def _cluster(model: Path, paths, eval_dir: Path | None, address: str, output: Pa
              batch_size: int, decode: str, threads: int | None, debug: bool) -> int:
     """`--ray`: the model is checked here (exit 3) before the cluster does any work."""
     import tempfile
+    from importlib.util import find_spec
 
     from .predictor import Predictor
-
-    from importlib.util import find_spec
 
     if output is None and eval_dir is None:
         raise UsageError("--ray needs --output OUT.parquet or OUT.jsonl for the results")

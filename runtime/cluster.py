@@ -30,7 +30,7 @@ from .atomic import atomic_write
 from .classify import Result, json_line
 from .contract import Preprocess
 from .errors import ImageError, UsageError, first_line
-from .inputs import Missing, iter_inputs
+from .inputs import Missing, Skipped, iter_inputs
 from .predictor import Prediction, Predictor, prepare
 
 OUTPUT_SUFFIXES = (".parquet", ".jsonl")
@@ -56,8 +56,6 @@ class Source:
 def list_sources(args: Iterable[str], on_skipped: Callable[[int], None]) -> tuple[list[Source], list[Result]]:
     """Inputs to classify (first occurrence of each path) and error rows for arguments that name
     nothing (as local onnx-predict reports them)."""
-    from .inputs import Skipped
-
     sources: list[Source] = []
     missing: list[Result] = []
     seen: set[str] = set()
