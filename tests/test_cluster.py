@@ -131,14 +131,28 @@ def test_bad_model_and_bad_options_are_refused_before_the_cluster_does_any_work(
         assert proc.returncode == code and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-def _ray_processes(title: str) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if title in line and "ps -eo" not in line]
+def _ray_processes(title: str, driver: int) -> list[int]:
+    """Processes started under this driver (its local Ray's raylet and workers) whose title holds
+    `title`; other Ray instances on the machine (a parallel test worker's) are left alone."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    parent, args = {}, {}
+    for line in out.splitlines():
+        pid, ppid, *rest = line.split(None, 2)
+        parent[int(pid)], args[int(pid)] = int(ppid), " ".join(rest)
+
+    def under_driver(pid: int) -> bool:
+        while pid > 1:
+            if pid == driver:
+                return True
+            pid = parent.get(pid, 0)
+        return False
+
+    return [pid for pid, text in args.items() if title in text and under_driver(pid)]
 
 
 def _kill_first(title: str, proc: subprocess.Popen, deadline: float) -> bool:
     while time.monotonic() < deadline and proc.poll() is None:
-        pids = _ray_processes(title)
+        pids = _ray_processes(title, proc.pid)
         if pids:
             os.kill(pids[0], signal.SIGKILL)
             return True
