@@ -2,7 +2,7 @@
 fast path costs in accuracy and what it saves in time.
 
     python benchmarks/decode_agreement.py --model flowers.onnx --dir artifacts/camera/12mp \
-        --dir artifacts/camera/2mp [--factors 1,1.5,2]
+        --dir artifacts/camera/2mp [--factors 1,1.45,2]
 
 For each folder and each factor F (JPEGs decoded at the smallest DCT scale whose shorter side is
 >= F x the contract's resize, then the exact resize and crop), prints: top-1 agreement with the
@@ -37,7 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--dir", type=Path, action="append", required=True)
-    ap.add_argument("--factors", default="1,1.5,2")
+    ap.add_argument("--factors", default="1,1.45,2")
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args()
     p = Predictor(args.model)

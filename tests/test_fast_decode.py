@@ -64,6 +64,16 @@ def test_fast_is_close_to_exact_and_decodes_less(predictors, tmp_path, name, mak
     assert grey_levels(x_fast, x_exact, exact) < 2.0  # smooth content: close, not equal
 
 
+@pytest.mark.parametrize("size,decoded", [((4032, 3024), (504, 378)), ((4000, 3000), (500, 375)),
+                                          ((3024, 4032), (378, 504)), ((1920, 1080), (960, 540))])
+def test_camera_sizes_decode_at_the_scales_the_agreement_figures_cover(tmp_path, size, decoded):
+    """For a 224-px model (resize 256): 12-Mpixel photos at 1/8 (shorter side 1.46-1.48x the
+    resize), 2-Mpixel 16:9 at 1/2 (1/4 would leave 1.05x, measured too coarse)."""
+    path = save_jpeg(Image.new("RGB", size, (90, 120, 150)), tmp_path / "camera.jpg")
+    with opened(path, min_side=math.ceil(FAST_DECODE_FACTOR * 256)) as im:
+        assert im.size == decoded
+
+
 @pytest.mark.parametrize("orientation", [3, 6, 8])
 def test_fast_applies_exif_orientation(predictors, tmp_path, orientation):
     exact, fast = predictors
