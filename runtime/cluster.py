@@ -110,7 +110,7 @@ def _list_uri(uri: str) -> list[str]:
 
 def _read(source: str, path: str) -> Any:
     """The bytes of one input, as runtime.image.Encoded."""
-    from .image import DECODE_BUDGET, Encoded, read_file
+    from .image import Encoded, check_file_size, read_file
 
     if URI_MARK not in source:
         return read_file(Path(source), path)
@@ -118,9 +118,7 @@ def _read(source: str, path: str) -> Any:
 
     try:
         filesystem, inner = fs.FileSystem.from_uri(source)
-        size = filesystem.get_file_info(inner).size or 0
-        if size > DECODE_BUDGET:
-            raise ImageError(f"{path}: the file is {size >> 20} MiB, more than the {DECODE_BUDGET >> 20} MiB an image may be")
+        check_file_size(filesystem.get_file_info(inner).size or 0, path)
         with filesystem.open_input_stream(inner) as f:
             return Encoded(path, f.read())
     except ImageError:

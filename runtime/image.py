@@ -112,10 +112,14 @@ def read_file(path: Path, name: str) -> Encoded:
     """The bytes of the image file at `path`, refused as `opened` refuses it (not a regular file,
     missing, unreadable, or larger than DECODE_BUDGET), under the name errors show."""
     with _image_errors(Path(name)), _open_regular(Path(path), name) as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > DECODE_BUDGET:
-            raise ImageError(f"{name}: the file is {size >> 20} MiB, more than the {DECODE_BUDGET >> 20} MiB an image may be")
+        check_file_size(os.fstat(f.fileno()).st_size, name)
         return Encoded(name, f.read())
+
+
+def check_file_size(size: int, name: str) -> None:
+    """Refuse, before reading it, an image file larger than DECODE_BUDGET."""
+    if size > DECODE_BUDGET:
+        raise ImageError(f"{name}: the file is {size >> 20} MiB, more than the {DECODE_BUDGET >> 20} MiB an image may be")
 
 
 @contextmanager

@@ -209,6 +209,19 @@ def test_images_over_the_byte_budget_are_refused_from_the_header(tmp_path, monke
         load_image(path)
 
 
+def test_files_larger_than_the_budget_are_refused_before_they_are_read(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (64, 64)).save(path)
+    monkeypatch.setattr(image_module, "DECODE_BUDGET", path.stat().st_size - 1)
+    with pytest.raises(ImageError, match=r"big.png: the file is 0 MiB, more than the 0 MiB an image may be"):
+        image_module.read_file(path, str(path))
+    pytest.importorskip("pyarrow", reason="the cluster extra is not installed: pip install '.[cluster]'")
+    from runtime.cluster import _read
+
+    with pytest.raises(ImageError, match=r"the file is 0 MiB, more than the 0 MiB an image may be"):
+        _read(path.as_uri(), path.as_uri())
+
+
 def test_the_decode_budget_holds_back_what_does_not_fit():
     import threading
 
