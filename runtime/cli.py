@@ -179,12 +179,14 @@ def _cluster(model: Path, paths, eval_dir: Path | None, address: str, output: Pa
         click.echo(f"{back}{summary.classified} classified, {summary.already} already in "
                    f"{printable(str(out.path))}, {summary.failed} failed, {summary.seconds:.1f} s; ran on {summary.nodes} "
                    f"node(s) (decoding on {summary.decode_nodes}, classifying on {summary.classify_nodes})", err=True)
-        rows = {row["path"]: row for row in cluster.read_rows(out.path)}
+        # OUT is streamed, not held: it may hold far more rows than this run named.
         if eval_dir is None:
-            wanted = [s.path for s in sources] + [str(r.path) for r in missing]
-            return EXIT_SOME_FAILED if any("error" in rows[p] for p in wanted if p in rows) else EXIT_OK
+            wanted = {s.path for s in sources} | {str(r.path) for r in missing}
+            failed = any("error" in row and row["path"] in wanted for row in cluster.iter_rows(out.path))
+            return EXIT_SOME_FAILED if failed else EXIT_OK
         from .evaluate import Scorer
 
+        rows = {row["path"]: row for row in cluster.iter_rows(out.path) if row["path"] in labeled}
         scorer = Scorer(predictor.labels)
         for path, target in labeled.items():
             row = rows[path]

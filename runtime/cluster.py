@@ -206,7 +206,7 @@ class Output:
         if self.path.exists():
             yield from _read_output(self.path)
         for part in self._part_files():
-            yield from part.read_text(encoding="utf-8").splitlines()
+            yield from _lines(part)
 
     def done(self) -> set[str]:
         return {json.loads(line)["path"] for line in self.lines()}
@@ -270,19 +270,32 @@ def _write_parquet(lines: Iterable[str], f: Any, chunk: int = 100_000) -> None:
 
 
 def _read_output(path: Path) -> Iterator[str]:
-    """OUT's rows as `--format json` lines (nulls dropped again for Parquet)."""
+    """OUT's rows as `--format json` lines (nulls dropped again for Parquet), streamed: a JSON
+    lines file line by line, Parquet a batch of rows at a time, so OUT may outgrow memory."""
     if path.suffix.lower() == ".jsonl":
-        yield from path.read_text(encoding="utf-8").splitlines()
+        yield from _lines(path)
         return
     import pyarrow.parquet as pq
 
-    for row in pq.read_table(path).to_pylist():
-        yield json.dumps({k: v for k, v in row.items() if v is not None}, allow_nan=False)
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000):
+        for row in batch.to_pylist():
+            yield json.dumps({k: v for k, v in row.items() if v is not None}, allow_nan=False)
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield line.rstrip("\n")
+
+
+def iter_rows(path: Path) -> Iterator[dict]:
+    """A finished OUT's rows as dicts with exactly `--format json`'s fields, one at a time."""
+    return (json.loads(line) for line in _read_output(path))
 
 
 def read_rows(path: Path) -> list[dict]:
-    """A finished OUT's rows as dicts with exactly `--format json`'s fields."""
-    return [json.loads(line) for line in _read_output(path)]
+    return list(iter_rows(path))
 
 
 # ---------------------------------------------------------------------------------------------
