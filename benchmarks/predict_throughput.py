@@ -57,8 +57,8 @@ def main() -> None:
                                check=True, stdout=subprocess.DEVNULL)
                 times[model, mode].append(time.perf_counter() - start)
     cores = len(os.sched_getaffinity(0))
-    prep = {mode: preprocess_seconds(files, args.model[0], mode) for mode in decodes}
-    prep_all = {mode: parallel_preprocess_seconds(files, args.model[0], mode, cores) for mode in decodes}
+    prep = {mode: preprocess_seconds(files, args.model[0], mode, 1) for mode in decodes}
+    prep_all = {mode: preprocess_seconds(files, args.model[0], mode, cores) for mode in decodes}
     print(f"{len(files)} images from {args.dir}, batch {args.batch_size or 'default'}, {cores} cores, "
           f"best of {args.repeats}; decode + preprocess alone, one core: "
           + ", ".join(f"{mode} {1000 * s:.1f} ms/img" for mode, s in prep.items())
@@ -75,20 +75,6 @@ def main() -> None:
               f"{rate / ceiling:10.0%}")
 
 
-def preprocess_seconds(files: list[Path], model: Path, mode: str) -> float:
-    """Median-of-3 seconds per image to decode and preprocess `files` on one thread."""
-    from runtime.predictor import Predictor
-
-    p = Predictor(model, threads=1, few_images=True, decode=mode)
-    runs = []
-    for _ in range(3):
-        start = time.perf_counter()
-        for f in files:
-            p.preprocess(f)
-        runs.append((time.perf_counter() - start) / len(files))
-    return statistics.median(runs)
-
-
 def _decode_share(files: list[Path], model: Path, mode: str, barrier, out) -> None:
     from runtime.predictor import Predictor
 
@@ -101,9 +87,9 @@ def _decode_share(files: list[Path], model: Path, mode: str, barrier, out) -> No
     out.put((start, time.perf_counter()))
 
 
-def parallel_preprocess_seconds(files: list[Path], model: Path, mode: str, cores: int) -> float:
-    """Median-of-3 wall seconds per image to decode and preprocess `files` with one process per
-    core, each taking every cores-th file (the first start to the last finish)."""
+def preprocess_seconds(files: list[Path], model: Path, mode: str, cores: int) -> float:
+    """Median-of-3 wall seconds per image to decode and preprocess `files` on one thread in each
+    of `cores` processes, each taking every cores-th file (the first start to the last finish)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")

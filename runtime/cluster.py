@@ -294,9 +294,6 @@ def iter_rows(path: Path) -> Iterator[dict]:
     return (json.loads(line) for line in _read_output(path))
 
 
-def read_rows(path: Path) -> list[dict]:
-    return list(iter_rows(path))
-
 
 # ---------------------------------------------------------------------------------------------
 # The driver

@@ -32,9 +32,9 @@ def start(*args: str) -> subprocess.Popen:
 
 
 def rows_of(path: Path) -> list[dict]:
-    from runtime.cluster import read_rows
+    from runtime.cluster import iter_rows
 
-    return read_rows(path)
+    return list(iter_rows(path))
 
 
 def local_rows(model: Path, *inputs: str) -> list[dict]:
