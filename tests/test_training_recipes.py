@@ -103,6 +103,22 @@ def test_ema_and_tta_are_what_gets_validated_and_exported(tiny_folder, tmp_path)
     assert np.abs(got - expected).max() < 1e-4
 
 
+@pytest.mark.parametrize("arch", ["alexnet_cifar", "alexnet"])
+def test_dropout_is_the_archs_unless_given(tiny_folder, tmp_path, arch):
+    """--dropout sets every Dropout layer of either arch; without it each keeps its own rate."""
+    from runtime.errors import UsageError
+
+    def rates(model):
+        return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+
+    assert cfg_for(tiny_folder, tmp_path, arch=arch).dropout == ARCHS[arch].dropout
+    assert rates(build_model(arch, 3)) == {ARCHS[arch].dropout}
+    assert rates(build_model(arch, 3, dropout=0.0)) == {0.0}
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(UsageError, match="--dropout"):
+            cfg_for(tiny_folder, tmp_path, arch=arch, dropout=bad)
+
+
 def test_freeze_and_discriminative_learning_rates():
     model = build_model("alexnet", 4)
     apply_freeze(model, "features")
@@ -231,9 +247,10 @@ def test_both_input_pipelines_draw_the_same_crops(tmp_path, arch, size):
     assert all(0.42 < f < 0.58 for f in flips), flips
 
 
-def test_precision_is_a_choice_and_bf16_trains(tiny_folder, tmp_path):
-    """--precision bf16 runs the forward pass under bf16 autocast (on any CPU; fast with AMX) and
-    trains: finite weights that differ from the fp32 run's; auto follows the hardware."""
+def test_precision_is_a_choice_and_bf16_trains(tiny_folder, tmp_path, monkeypatch):
+    """--precision bf16 runs the forward pass under bf16 autocast (on any CPU; fast with AMX or
+    AVX512_BF16) and trains: finite weights that differ from the fp32 run's; auto follows the
+    hardware."""
     from runtime.errors import UsageError
     from train.evaluation import uses_bf16
 
@@ -241,6 +258,13 @@ def test_precision_is_a_choice_and_bf16_trains(tiny_folder, tmp_path):
         cfg_for(tiny_folder, tmp_path, precision="fp8")
     assert not uses_bf16(torch.device("cpu"), "fp32") and uses_bf16(torch.device("cpu"), "bf16")
     assert uses_bf16(torch.device("cuda"), "auto")
+    cpu = torch.device("cpu")
+    for amx, avx512_bf16 in ((False, False), (True, False), (False, True)):
+        with monkeypatch.context() as m:
+            m.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+            m.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+            assert uses_bf16(cpu, "auto") == (amx or avx512_bf16), (amx, avx512_bf16)
+            assert not uses_bf16(cpu, "fp32")
     weights = {}
     for precision in ("bf16", "fp32"):
         lines: list[str] = []

@@ -46,6 +46,8 @@ def _recipes_help() -> str:
 @click.option("--optimizer", default=D["optimizer"], show_default=True, type=click.Choice(OPTIMIZERS))
 @click.option("--weight-decay", default=D["weight_decay"], show_default=True, type=float)
 @click.option("--label-smoothing", default=D["label_smoothing"], show_default=True, type=float)
+@click.option("--dropout", type=float, help="Dropout before the hidden fully connected layers [default: " + ", ".join(
+    f"{spec.dropout} {name}" for name, spec in ARCHS.items()) + "].")
 @click.option("--schedule", default=D["schedule"], show_default=True, type=click.Choice(SCHEDULES),
               help="After a linear warmup of --warmup-fraction of the steps.")
 @click.option("--warmup-fraction", default=D["warmup_fraction"], show_default=True, type=float)
@@ -75,8 +77,8 @@ def _recipes_help() -> str:
               help="memory: decode once and augment batches on the device; none: DataLoader each epoch; "
                    "auto: memory on CUDA, none on CPU. Both apply the same augmentation.")
 @click.option("--precision", default=D["precision"], show_default=True, type=click.Choice(PRECISIONS),
-              help="Training arithmetic: bf16 autocast or fp32; auto: bf16 on CUDA and on CPUs with AMX "
-                   "(about 2x faster there), fp32 elsewhere. Validation, test and export are fp32 on CPU.")
+              help="Training arithmetic: bf16 autocast or fp32; auto: bf16 on CUDA and on x86 CPUs with AMX or "
+                   "AVX512_BF16 (about 2x faster there), fp32 elsewhere. Validation, test and export are fp32 on CPU.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (CUDA only).")
 @debug_option
 def main(debug: bool, resume: bool, recipe: Optional[str], compile_: bool, **options) -> None:

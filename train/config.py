@@ -26,6 +26,7 @@ class ArchSpec:
     name: str
     preprocess: Preprocess
     default_lr: float
+    dropout: float  # before each hidden fully connected layer while training
     augment: str  # train.augment.KINDS
     summary: str
 
@@ -35,6 +36,7 @@ ARCHS = {
         "alexnet",
         Preprocess(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD),
         default_lr=0.02,
+        dropout=0.5,
         augment="resized-crop",
         summary="torchvision AlexNet, 224x224 input, ImageNet weights available",
     ),
@@ -42,6 +44,7 @@ ARCHS = {
         "alexnet_cifar",
         Preprocess(resize=32, crop=32, mean=CIFAR10_MEAN, std=CIFAR10_STD),
         default_lr=0.05,
+        dropout=0.25,
         augment="pad-crop",
         summary="AlexNet's 5-conv/3-FC shape for 32x32 input, with BatchNorm",
     ),
@@ -68,6 +71,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
+    dropout: Optional[float] = None  # None: the arch's dropout
     schedule: str = "cosine"
     warmup_fraction: float = 0.15
     limit_train: Optional[int] = None
@@ -96,6 +100,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.arch in ARCHS and self.lr is None:
             object.__setattr__(self, "lr", ARCHS[self.arch].default_lr / (10 if self.fine_tune else 1))
+        if self.arch in ARCHS and self.dropout is None:
+            object.__setattr__(self, "dropout", ARCHS[self.arch].dropout)
         if self.backbone_lr_mult is None:
             object.__setattr__(self, "backbone_lr_mult", 0.1 if self.fine_tune else 1.0)
         choices = {"dataset": DATASETS, "arch": tuple(ARCHS), "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES,
@@ -111,7 +117,7 @@ class TrainConfig:
             raise UsageError(f"--limit-train must be at least 1, got {self.limit_train}")
         if not 0 <= self.val_fraction < 1:
             raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        for name in ("momentum", "label_smoothing", "warmup_fraction"):
+        for name in ("momentum", "label_smoothing", "warmup_fraction", "dropout"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 <= value < 1):
                 raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")

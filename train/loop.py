@@ -149,7 +149,7 @@ def _build(cfg: TrainConfig, out: Path, ctx: distributed.Dist, ckpt: Optional[di
         raise ModelError(f"{out / 'last.pt'}: its classes differ from the data's {list(contract.labels)}; cannot resume")
     fresh = ckpt is None
     model = build_model(cfg.arch, len(splits.classes), pretrained=cfg.pretrained and fresh,
-                        weights=Path(cfg.weights) if cfg.weights and fresh else None)
+                        weights=Path(cfg.weights) if cfg.weights and fresh else None, dropout=cfg.dropout)
     apply_freeze(model, cfg.freeze)
     model = model.to(device, memory_format=torch.channels_last)  # faster on CUDA and, measured, on x86 CPUs
     data = Data(splits, cfg, device, ctx)

@@ -17,7 +17,7 @@ class AlexNetCifar(nn.Module):
     """AlexNet scaled to 32x32: five 3x3 conv layers (64-192-384-256-256) with BatchNorm,
     three max-pools to 4x4, then three fully connected layers."""
 
-    def __init__(self, num_classes: int, dropout: float = 0.25) -> None:
+    def __init__(self, num_classes: int, dropout: float = ARCHS["alexnet_cifar"].dropout) -> None:
         super().__init__()
 
         def conv(cin: int, cout: int) -> list[nn.Module]:
@@ -40,19 +40,22 @@ class AlexNetCifar(nn.Module):
 
 
 def build_model(
-    arch: str, num_classes: int, *, pretrained: bool = False, weights: Optional[Path] = None
+    arch: str, num_classes: int, *, pretrained: bool = False, weights: Optional[Path] = None,
+    dropout: Optional[float] = None,
 ) -> nn.Module:
     """A fresh model; `pretrained` loads torchvision's ImageNet weights (its cache first, then a
-    download), `weights` a local state dict with the same keys. The head is always new."""
+    download), `weights` a local state dict with the same keys. The head is always new. `dropout`
+    (training only; None: the arch's) does not change the weights' shapes."""
     if arch not in ARCHS:
         raise ModelError(f"unknown arch {arch!r} (valid: {', '.join(ARCHS)})")
+    dropout = ARCHS[arch].dropout if dropout is None else dropout
     if arch == "alexnet_cifar":
         if pretrained or weights:
             raise ModelError("alexnet_cifar has no pretrained weights; use --arch alexnet for transfer learning")
-        return AlexNetCifar(num_classes)
+        return AlexNetCifar(num_classes, dropout)
     from torchvision.models import alexnet
 
-    model = alexnet(weights=None)
+    model = alexnet(weights=None, dropout=dropout)
     if pretrained or weights:
         state = _load_imagenet_state(weights)
         try:
