@@ -52,7 +52,7 @@ bench: install
 		--model $(BENCH)/model.onnx --model $(BENCH)/model.int8.onnx --limit 2000
 	$(MAKE) bench-camera bench-hostile bench-cluster
 
-# ~1 h of training on 2 CPU cores with AMX, then ~20 min measuring; see the script's docstring.
+# 20-60 min of training on 2 CPU cores with bf16, then 10-20 min measuring; see the script's docstring.
 bench-cifar10: install
 	$(BIN)/python benchmarks/cifar10_full_run.py --data-dir "$(ALEXNET_DATA_DIR)"
 

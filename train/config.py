@@ -152,9 +152,10 @@ DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 # Named presets (`train-alexnet --recipe NAME`): values for options the user did not give.
 RECIPES: dict[str, dict[str, Any]] = {
     # CIFAR-10 from scratch on a CPU in 15 epochs (675k images seen): the 45k/5k split, the
-    # in-memory store, cosine schedule after a 15% warm-up, label smoothing, an EMA of the weights
-    # and flip averaging for what is validated and exported. README: results and wall time.
+    # in-memory store, cosine schedule after a 15% warm-up, label smoothing, no dropout (+0.9 pp
+    # val in the sweep), an EMA of the weights and flip averaging for what is validated and
+    # exported. README: results, the sweep and wall time.
     "cifar10-cpu": dict(dataset="cifar10", arch="alexnet_cifar", epochs=15, batch_size=128, lr=0.05,
                         schedule="cosine", warmup_fraction=0.15, label_smoothing=0.1, weight_decay=5e-4,
-                        ema=0.998, tta=True, cache="memory", val_fraction=0.1),
+                        dropout=0.0, ema=0.998, tta=True, cache="memory", val_fraction=0.1),
 }
