@@ -23,6 +23,16 @@ needs_shared_data = pytest.mark.skipif(
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
+def sigint_as_ctrl_c() -> None:
+    """A Popen preexec_fn: SIGINT back to its default in the child, so the child's Python turns it
+    into KeyboardInterrupt as under a terminal's Ctrl-C. A shell starts background jobs with SIGINT
+    ignored (`make test &`), the child inherits that and Python keeps it ignored: a test that sends
+    SIGINT would then see the run finish instead."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def make_image(label: int, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
     """A noisy image whose colour depends on the label, so a few steps of training learn it."""
     w, h = size

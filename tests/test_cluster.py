@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, make_image_folder
+from conftest import ROOT, make_image_folder, sigint_as_ctrl_c
 
 pytest.importorskip("ray", reason="the cluster extra is not installed: pip install '.[cluster]'")
 
@@ -28,7 +28,8 @@ def cli(*args: str, timeout: float = HANG) -> subprocess.CompletedProcess:
 
 
 def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    return subprocess.Popen([EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=sigint_as_ctrl_c)
 
 
 def rows_of(path: Path) -> list[dict]:

@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import bad_checkpoint, make_image_folder, png_header_only
+from conftest import bad_checkpoint, make_image_folder, png_header_only, sigint_as_ctrl_c
 from runtime.atomic import PAUSE_IN_WRITE_ENV
 from train.cli import main as train_main
 
@@ -45,7 +45,8 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_exits_130_and_run_resumes(small_data, tmp_path, sig):
     out = tmp_path / "out"
-    proc = subprocess.Popen(train_cmd(small_data, out, 8), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(train_cmd(small_data, out, 8), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_as_ctrl_c)
     wait_for(out / "last.pt", proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
