@@ -294,7 +294,6 @@ def iter_rows(path: Path) -> Iterator[dict]:
     return (json.loads(line) for line in _read_output(path))
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The driver
 

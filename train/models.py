@@ -17,7 +17,7 @@ class AlexNetCifar(nn.Module):
     """AlexNet scaled to 32x32: five 3x3 conv layers (64-192-384-256-256) with BatchNorm,
     three max-pools to 4x4, then three fully connected layers."""
 
-    def __init__(self, num_classes: int, dropout: float = ARCHS["alexnet_cifar"].dropout) -> None:
+    def __init__(self, num_classes: int, dropout: float) -> None:
         super().__init__()
 
         def conv(cin: int, cout: int) -> list[nn.Module]:
