@@ -5,7 +5,8 @@ threads decode and preprocess images, and up to `workers` batches run through th
 each as one onnxruntime call that waits for its own images. With a single-threaded session, model
 calls then never wait at an intra-op barrier for a core a decoder holds, so whichever half is the
 bottleneck gets every core. At most `workers + 1` batches are in flight, so memory stays bounded
-on folders of any size.
+on folders of any size. Given a Predictor whose session is still being built (`background=True`),
+decoding starts at once and the first model call waits for the session.
 """
 
 from __future__ import annotations
@@ -44,15 +45,18 @@ def classify(
     with ThreadPoolExecutor(workers) as decoders, ThreadPoolExecutor(workers) as models:
         pending: deque[Future] = deque()
         it = iter(items)
-        while True:
-            chunk = list(islice(it, batch_size))
-            if chunk:
-                futures = [_submit(decoders, predictor, item) for item in chunk]
-                pending.append(models.submit(_finish, predictor, chunk, futures, top_k=top_k))
-            if pending and (len(pending) > workers or not chunk):
-                yield from pending.popleft().result()
-            if not chunk and not pending:
-                return
+        try:
+            while True:
+                chunk = list(islice(it, batch_size))
+                if chunk:
+                    futures = [_submit(decoders, predictor, item) for item in chunk]
+                    pending.append(models.submit(_finish, predictor, chunk, futures, top_k=top_k))
+                if pending and (len(pending) > workers or not chunk):
+                    yield from pending.popleft().result()
+                if not chunk and not pending:
+                    return
+        finally:  # an error (a model that cannot load) or a reader that stopped: drop queued decodes
+            decoders.shutdown(wait=False, cancel_futures=True)
 
 
 def _submit(pool: ThreadPoolExecutor, predictor: Predictor, item: InputItem) -> Optional[Future]:
@@ -61,6 +65,7 @@ def _submit(pool: ThreadPoolExecutor, predictor: Predictor, item: InputItem) -> 
 
 def _finish(predictor: Predictor, chunk: list, futures: list, *, top_k: int) -> list[Result]:
     """The chunk's Results once its images are decoded and the model has run on them."""
+    predictor.ready()  # a model that cannot load fails the run before any image is waited for
     arrays: list[np.ndarray] = []
     outcome: list = []
     for item, future in zip(chunk, futures):

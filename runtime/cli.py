@@ -76,7 +76,9 @@ def main(
         few = eval_dir is None and len(paths) <= FEW_IMAGES and all(_is_file(Path(p)) for p in paths)
         workers = threads or available_cores()
         # Folders: `workers` single-threaded model calls side by side with the decoders (classify).
-        predictor = Predictor(model, threads=threads if few else 1, few_images=few, decode=decode)
+        # The session is built while the first images decode; a model defect still ends the run
+        # (exit 3) before any result is written, since results wait for the session.
+        predictor = Predictor(model, threads=threads if few else 1, few_images=few, decode=decode, background=True)
         if eval_dir is not None:
             return _evaluate(predictor, eval_dir, fmt, batch_size, workers)
         return _predict(predictor, paths, fmt, top_k, batch_size, workers)

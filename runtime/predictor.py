@@ -5,7 +5,7 @@
     for pred in p.predict(["cat.jpg", "dog.png"], top_k=3):
         print(pred.label, pred.score)
 
-A Predictor holds no mutable state after construction; `predict` may be called from several
+A Predictor holds no mutable state once its session exists; `predict` may be called from several
 threads at once (onnxruntime sessions support concurrent `run`).
 """
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Union
@@ -23,7 +25,7 @@ from PIL import Image
 from .contract import Contract, ContractError, Preprocess
 from .errors import ImageError, ModelError, UsageError, first_line
 from .image import DECODE_MODES, DECODES, FAST_DECODE_FACTOR, ImageSource, decode, decode_cost, opened
-from .modelfile import open_model
+from .modelfile import ModelFile, open_model
 from .preprocess import preprocess
 from .session import create_session
 
@@ -53,7 +55,7 @@ class OutputError(ImageError):
 
 class Predictor:
     def __init__(self, path: Union[str, os.PathLike], threads: int | None = None, *, few_images: bool = False,
-                 decode: str = "exact") -> None:
+                 decode: str = "exact", background: bool = False) -> None:
         """`few_images`: tune start-up for a one-shot run on a handful of images: the weights are
         read by reference from the file (one copy, mapped; the file must not be rewritten in place
         while this Predictor lives), neither pre-packed nor re-laid out. That saves start-up time
@@ -62,33 +64,63 @@ class Predictor:
         `decode`: "exact" (the training eval transform, bit for bit) or "fast" (JPEG files decoded
         at a reduced DCT scale first; see runtime.image.FAST_DECODE_FACTOR).
 
-        Every defect of the file, its contract or its signature raises ModelError (one line)."""
+        Every defect of the file, its contract or its signature raises ModelError (one line): here,
+        or with `background=True` from the first call that needs the session (`ready`, `logits`,
+        `predict`). `background`: only the file check and the contract happen here (milliseconds);
+        onnxruntime builds the session in a thread meanwhile, so images can be decoded while it
+        does (`preprocess` needs the contract alone)."""
         if decode not in DECODE_MODES:
             raise UsageError(f"decode {decode!r} is not valid (choose from {', '.join(DECODE_MODES)})")
         self.path = Path(path)
         self.decode = decode
-        with open_model(self.path, reference_weights=few_images) as model:
-            try:
-                self.contract = Contract.from_metadata(model.metadata)
-            except ContractError as exc:
-                raise ModelError(f"{self.path}: {exc}") from None
-            try:
-                self.session = create_session(model.source, threads=threads, few_images=few_images,
-                                              weights_folder=model.weights_folder)
-            except Exception as exc:  # onnxruntime raises its own pybind types for every failure
-                error = f"not a valid ONNX model ({first_line(exc, 300)})"
-            else:
-                error = None
-            if model.changed():  # rewritten mid-load: weights may have come from other bytes
-                raise ModelError(f"{self.path}: the file changed while it was loaded; run again once it is written")
-        if error:
-            raise ModelError(f"{self.path}: {error}")
-        self._check_signature()
+        model = open_model(self.path, reference_weights=few_images)
+        try:
+            self.contract = Contract.from_metadata(model.metadata)
+        except ContractError as exc:
+            model.close()
+            raise ModelError(f"{self.path}: {exc}") from None
+        self._session: Future = Future()
+        if background:
+            threading.Thread(target=self._load, args=(model, threads, few_images), daemon=True,
+                             name="onnxruntime-session").start()
+        else:
+            self._load(model, threads, few_images)
+            self.ready()
 
-    def _check_signature(self) -> None:
+    def _load(self, model: ModelFile, threads: int | None, few_images: bool) -> None:
+        """Create the session from the checked `model` (then closed) and check its signature;
+        the outcome, a session or a ModelError, settles `self._session`."""
+        error = None
+        try:
+            with model:
+                try:
+                    session = create_session(model.source, threads=threads, few_images=few_images,
+                                             weights_folder=model.weights_folder)
+                except Exception as exc:  # onnxruntime raises its own pybind types for every failure
+                    session, error = None, f"not a valid ONNX model ({first_line(exc, 300)})"
+                if model.changed():  # rewritten mid-load: weights may have come from other bytes
+                    error = "the file changed while it was loaded; run again once it is written"
+            if error:
+                raise ModelError(f"{self.path}: {error}")
+            self._check_signature(session)
+        except BaseException as exc:
+            self._session.set_exception(exc)
+        else:
+            self._session.set_result(session)
+
+    @property
+    def session(self):
+        """The onnxruntime session, once it exists (ModelError if it cannot)."""
+        return self._session.result()
+
+    def ready(self) -> None:
+        """Wait until the session exists; raise its ModelError if it cannot."""
+        self._session.result()
+
+    def _check_signature(self, session) -> None:
         """The one input and first output must fit the contract; a fixed batch size is kept and
         honoured; a class count that shape inference leaves open is settled by a tiny run."""
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise ModelError(f"{self.path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
         crop = self.contract.preprocess.crop
@@ -115,7 +147,7 @@ class Predictor:
         self.input_dtype = _FLOAT_TYPES[spec.type]
         self.fixed_batch = batch
         if not isinstance(oshape[1], int):
-            self.logits(np.zeros((batch or 1, 3, crop, crop), np.float32))
+            self._logits(session, np.zeros((batch or 1, 3, crop, crop), np.float32))
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -129,16 +161,19 @@ class Predictor:
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw model outputs (float32, (N, classes)) for a preprocessed batch (N, 3, crop, crop),
         run in pieces of the model's fixed batch size if it has one."""
+        return self._logits(self.session, batch)
+
+    def _logits(self, session, batch: np.ndarray) -> np.ndarray:
         step = self.fixed_batch or max(1, len(batch))
-        parts = [self._run(batch[i:i + step]) for i in range(0, len(batch), step)]
+        parts = [self._run(session, batch[i:i + step]) for i in range(0, len(batch), step)]
         return np.concatenate(parts) if len(parts) != 1 else parts[0]
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, session, batch: np.ndarray) -> np.ndarray:
         n = len(batch)
         if self.fixed_batch and n < self.fixed_batch:  # pad a short last piece
             batch = np.concatenate([batch, np.zeros((self.fixed_batch - n, *batch.shape[1:]), batch.dtype)])
         try:
-            out = self.session.run([self.output_name], {self.input_name: batch.astype(self.input_dtype, copy=False)})[0]
+            out = session.run([self.output_name], {self.input_name: batch.astype(self.input_dtype, copy=False)})[0]
         except Exception as exc:  # onnxruntime's pybind errors: the model cannot run
             raise ModelError(f"{self.path}: the model failed to run ({first_line(exc, 300)})") from None
         if not isinstance(out, np.ndarray) or out.shape != (len(batch), self.contract.num_classes):

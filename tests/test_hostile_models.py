@@ -335,7 +335,7 @@ def _error_of(p: Predictor, path: Path) -> str:
     return "no error"
 
 
-# -- defects of the model: exit 3, before any image is read -------------------------------------
+# -- defects of the model: exit 3, before any result is written ---------------------------------
 
 
 def _cast_input(dtype: int):
@@ -385,16 +385,38 @@ def _pre(model) -> dict:
 
 
 @pytest.mark.parametrize("defect", list(DEFECTS))
-def test_model_defects_exit_3_before_reading_images(exported_model, tmp_path, defect):
+def test_model_defects_exit_3_before_any_result(exported_model, images, tmp_path, defect):
+    """The session is built while images decode, but no result (nor an image's error) is written
+    before the model is known to be usable: a defect is the run's one line, exit 3."""
     edit, message = DEFECTS[defect]
     model = load(exported_model)
     edit(model)
     path = save(model, tmp_path)
-    for inputs in (["never-read.jpg"], ["never-read.jpg"] * 5):
+    missing = str(tmp_path / "missing.jpg")
+    for inputs in ([missing], [missing] * 5, [missing, str(images[0].parent), "--batch-size", "1"]):
         result = CliRunner().invoke(main, ["-m", str(path), *inputs])
         assert result.exit_code == 3, result.output
-        assert len(result.stderr.splitlines()) == 1 and "never-read" not in result.stderr
+        assert result.stdout == ""
+        assert len(result.stderr.splitlines()) == 1 and "missing" not in result.stderr
         assert re.search(message, result.stderr), result.stderr
+
+
+def test_background_session_defers_defects_to_first_use(exported_model, images, tmp_path):
+    model = load(exported_model)
+    _cast_input(TensorProto.DOUBLE)(model)
+    bad = save(model, tmp_path)
+    p = Predictor(bad, background=True)  # the contract is fine: no error yet
+    assert p.preprocess(images[0]).shape == (3, p.contract.preprocess.crop, p.contract.preprocess.crop)
+    for use in (p.ready, lambda: p.predict(images[:1]), lambda: p.session):
+        with pytest.raises(ModelError, match=r"tensor\(double\)"):
+            use()
+    with pytest.raises(ModelError, match=r"tensor\(double\)"):
+        Predictor(bad)  # without background, construction raises
+    now, later = Predictor(exported_model), Predictor(exported_model, background=True)
+    assert np.array_equal(np.stack([x.index for x in now.predict(images)]),
+                          np.stack([x.index for x in later.predict(images)]))
+    assert np.array_equal(now.logits(np.stack([now.preprocess(i) for i in images])),
+                          later.logits(np.stack([later.preprocess(i) for i in images])))
 
 
 def test_invalid_utf8_in_metadata_exits_3(exported_model, tmp_path):
