@@ -155,7 +155,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # in-memory store, cosine schedule after a 15% warm-up, label smoothing, no dropout (+0.9 pp
     # val in the sweep), an EMA of the weights and flip averaging for what is validated and
     # exported. README: results, the sweep and wall time.
-    "cifar10-cpu": dict(dataset="cifar10", arch="alexnet_cifar", epochs=15, batch_size=128, lr=0.05,
-                        schedule="cosine", warmup_fraction=0.15, label_smoothing=0.1, weight_decay=5e-4,
-                        dropout=0.0, ema=0.998, tta=True, cache="memory", val_fraction=0.1),
+    "cifar10-cpu": dict(dataset="cifar10", arch="alexnet_cifar", epochs=15, batch_size=256, lr=0.1,
+                        schedule="cosine", warmup_fraction=0.15, label_smoothing=0.1, weight_decay=1e-3,
+                        dropout=0.0, ema=0.99, tta=True, cache="memory", val_fraction=0.1),
 }
