@@ -76,9 +76,11 @@ class Predictor:
         model = open_model(self.path, reference_weights=few_images)
         try:
             self.contract = Contract.from_metadata(model.metadata)
-        except ContractError as exc:
+        except BaseException as exc:
             model.close()
-            raise ModelError(f"{self.path}: {exc}") from None
+            if isinstance(exc, ContractError):
+                raise ModelError(f"{self.path}: {exc}") from None
+            raise
         self._session: Future = Future()
         if background:
             threading.Thread(target=self._load, args=(model, threads, few_images), daemon=True,
