@@ -55,8 +55,9 @@ def classify(
                     yield from pending.popleft().result()
                 if not chunk and not pending:
                     return
-        finally:  # an error (a model that cannot load) or a reader that stopped: drop queued decodes
+        finally:  # an error (a model that cannot load) or a reader that stopped: drop queued work
             decoders.shutdown(wait=False, cancel_futures=True)
+            models.shutdown(wait=False, cancel_futures=True)
 
 
 def _submit(pool: ThreadPoolExecutor, predictor: Predictor, item: InputItem) -> Optional[Future]:
@@ -98,9 +99,13 @@ class Writer:
         self.fmt, self.out, self.err = fmt, out, err
         if fmt == "csv":
             self.csv = csv.writer(out, lineterminator="\n")
-            self.csv.writerow(["path", "rank", "label", "score", "error"])
+        self.started = False
 
     def write(self, result: Result) -> None:
+        if not self.started:  # the csv header comes with the first result: a run that fails first writes nothing
+            self.started = True
+            if self.fmt == "csv":
+                self.csv.writerow(["path", "rank", "label", "score", "error"])
         pred = result.prediction
         if self.fmt == "json":
             self.out.write(json_line(result) + "\n")

@@ -83,8 +83,12 @@ class Predictor:
             raise
         self._session: Future = Future()
         if background:
-            threading.Thread(target=self._load, args=(model, threads, few_images), daemon=True,
-                             name="onnxruntime-session").start()
+            try:
+                threading.Thread(target=self._load, args=(model, threads, few_images), daemon=True,
+                                 name="onnxruntime-session").start()
+            except BaseException:
+                model.close()
+                raise
         else:
             self._load(model, threads, few_images)
             self.ready()
@@ -113,11 +117,16 @@ class Predictor:
     @property
     def session(self):
         """The onnxruntime session, once it exists (ModelError if it cannot)."""
+        self.ready()
         return self._session.result()
 
     def ready(self) -> None:
-        """Wait until the session exists; raise its ModelError if it cannot."""
-        self._session.result()
+        """Wait until the session exists (and `input_name`, `fixed_batch` and the rest of the
+        signature are set); raise its ModelError if it cannot."""
+        try:
+            self._session.result()
+        except ModelError as exc:  # a fresh one each time: re-raising one object piles up tracebacks
+            raise ModelError(str(exc)) from None
 
     def _check_signature(self, session) -> None:
         """The one input and first output must fit the contract; a fixed batch size is kept and

@@ -393,7 +393,8 @@ def test_model_defects_exit_3_before_any_result(exported_model, images, tmp_path
     edit(model)
     path = save(model, tmp_path)
     missing = str(tmp_path / "missing.jpg")
-    for inputs in ([missing], [missing] * 5, [missing, str(images[0].parent), "--batch-size", "1"]):
+    folder = [missing, str(images[0].parent), "--batch-size", "1"]
+    for inputs in ([missing], [missing] * 5, folder, [*folder, "--format", "csv"], [*folder, "--format", "json"]):
         result = CliRunner().invoke(main, ["-m", str(path), *inputs])
         assert result.exit_code == 3, result.output
         assert result.stdout == ""
