@@ -99,13 +99,13 @@ class Writer:
         self.fmt, self.out, self.err = fmt, out, err
         if fmt == "csv":
             self.csv = csv.writer(out, lineterminator="\n")
-        self.started = False
+        # csv: the header comes with the first result, so a run that fails first writes nothing.
+        self.header = ["path", "rank", "label", "score", "error"] if fmt == "csv" else None
 
     def write(self, result: Result) -> None:
-        if not self.started:  # the csv header comes with the first result: a run that fails first writes nothing
-            self.started = True
-            if self.fmt == "csv":
-                self.csv.writerow(["path", "rank", "label", "score", "error"])
+        if self.header:
+            self.csv.writerow(self.header)
+            self.header = None
         pred = result.prediction
         if self.fmt == "json":
             self.out.write(json_line(result) + "\n")
