@@ -209,8 +209,9 @@ def _ks(a: np.ndarray, b: np.ndarray) -> float:
                         - np.searchsorted(np.sort(b), grid, "right") / len(b)).max())
 
 
-@pytest.mark.parametrize("arch, size", [("alexnet", (384, 320)), ("alexnet_cifar", (48, 40))])
-def test_both_input_pipelines_draw_the_same_crops(tmp_path, arch, size):
+@pytest.mark.parametrize("arch, size, translate", [("alexnet", (384, 320), None), ("alexnet_cifar", (48, 40), None),
+                                                   ("alexnet_cifar", (48, 40), 1)])
+def test_both_input_pipelines_draw_the_same_crops(tmp_path, arch, size, translate):
     """--cache is a speed option: the DataLoader and the in-memory store must cut crops from the
     same region with the same size, aspect, position and flip distributions. The photo encodes
     its own coordinates (red = x, green = y), so each output says where it was cut from."""
@@ -227,7 +228,8 @@ def test_both_input_pipelines_draw_the_same_crops(tmp_path, arch, size):
     mean, std = torch.tensor(spec.mean)[:, None, None], torch.tensor(spec.std)[:, None, None]
 
     def windows(cache: str) -> np.ndarray:
-        cfg = cfg_for(tmp_path, tmp_path / "out", arch=arch, batch_size=64, val_fraction=0.0, cache=cache, workers=0)
+        cfg = cfg_for(tmp_path, tmp_path / "out", arch=arch, batch_size=64, val_fraction=0.0, cache=cache, workers=0,
+                      translate=translate)
         splits = load_splits("folder", tmp_path, val_fraction=0.0, limit_train=None, seed=0)
         data = Data(splits, cfg, torch.device("cpu"), Dist())
         torch.manual_seed(0)
@@ -245,6 +247,31 @@ def test_both_input_pipelines_draw_the_same_crops(tmp_path, arch, size):
         assert _ks(a, b) < 0.08, f"{arch}: crop {name} edges are distributed differently ({_ks(a, b):.3f})"
     flips = [float(np.mean(d[:, 0] > d[:, 1])) for d in (store, loader)]
     assert all(0.42 < f < 0.58 for f in flips), flips
+
+
+@pytest.mark.parametrize("translate", [0, 2, None])
+def test_translate_bounds_the_shift_of_pad_crops(translate):
+    from runtime.errors import UsageError
+
+    spec = ARCHS["alexnet_cifar"].preprocess
+    aug = Augmentation("pad-crop", spec, translate)
+    pad = spec.crop // 8 if translate is None else translate
+    crops = aug.sample(4000, torch.Generator().manual_seed(0))
+    assert set(crops.top.tolist()) == set(crops.left.tolist()) == set(range(2 * pad + 1))
+    x = torch.randint(0, 256, (64, 3, spec.resize, spec.resize), dtype=torch.uint8)
+    out = aug.batch(x, torch.Generator().manual_seed(1))
+    crop = spec.crop
+    for image, source in zip(out, x.float()):  # each crop: the source shifted by at most pad, mirrored or not
+        views = (source, source.flip(2))
+        if pad == 0:
+            assert any(torch.equal(image, v) for v in views), "translate 0 must leave the source or its mirror"
+        inner = image[:, pad : crop - pad, pad : crop - pad]
+        assert any(torch.equal(inner, v[:, pad + dy : crop - pad + dy, pad + dx : crop - pad + dx])
+                   for v in views for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)), "shifted beyond --translate"
+    with pytest.raises(UsageError, match="--translate"):
+        TrainConfig(dataset="cifar10", data_dir="d", arch="alexnet", epochs=1, translate=2)
+    with pytest.raises(UsageError, match="--translate"):
+        TrainConfig(dataset="cifar10", data_dir="d", arch="alexnet_cifar", epochs=1, translate=spec.resize)
 
 
 def test_precision_is_a_choice_and_bf16_trains(tiny_folder, tmp_path, monkeypatch):

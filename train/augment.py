@@ -6,8 +6,8 @@ choice of `--cache` changes the speed, not the recipe.
 The source of every crop is the contract's geometry with a `resize` x `resize` crop (shorter side
 resized to `resize`, centre square), what the store keeps in memory. Then, by the arch's kind:
 
-- "pad-crop" (32-px models): reflect-pad by crop // 8 and take a crop x crop window at a uniform
-  integer offset;
+- "pad-crop" (32-px models): reflect-pad by `translate` pixels (default crop // 8) and take a
+  crop x crop window at a uniform integer offset;
 - "resized-crop": torchvision's RandomResizedCrop over that square: area U(0.08, 1) of it, log
   aspect U(log 3/4, log 4/3), the first of 10 draws that fits, else the whole square; a uniform
   integer offset; resized to crop x crop (bilinear);
@@ -50,6 +50,7 @@ class Crops:
 class Augmentation:
     kind: str
     spec: Preprocess
+    translate: Optional[int] = None  # pad-crop's padding; None: crop // 8
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -57,7 +58,9 @@ class Augmentation:
 
     @property
     def pad(self) -> int:
-        return self.spec.crop // 8 if self.kind == "pad-crop" else 0
+        if self.kind != "pad-crop":
+            return 0
+        return self.spec.crop // 8 if self.translate is None else self.translate
 
     def source(self, image: Image.Image) -> Image.Image:
         """The square every crop is cut from (what the in-memory store keeps)."""

@@ -85,6 +85,7 @@ class TrainConfig:
     max_bad_images: int = 100
     mixup: float = 0.0  # Beta(a, a) for mixup; 0 = off
     cutmix: float = 0.0  # Beta(a, a) for cutmix; 0 = off
+    translate: Optional[int] = None  # pad-crop archs: pixels a crop may shift; None: crop // 8
     ema: float = 0.0  # decay of an EMA of the weights used for validation/export; 0 = off
     tta: bool = False  # validate (and export) the mean of image and mirror logits
     freeze: str = "none"
@@ -126,6 +127,13 @@ class TrainConfig:
         for name in ("mixup", "cutmix"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise UsageError(f"--{name} must be a non-negative number, got {getattr(self, name)}")
+        if self.translate is not None and self.arch in ARCHS:
+            spec = ARCHS[self.arch]
+            if spec.augment != "pad-crop":
+                raise UsageError(f"--translate applies to 32-px archs ({', '.join(n for n, a in ARCHS.items() if a.augment == 'pad-crop')}); "
+                                 f"{self.arch} uses random resized crops")
+            if not 0 <= self.translate < spec.preprocess.resize:
+                raise UsageError(f"--translate must be in [0, {spec.preprocess.resize}), got {self.translate}")
         if not (math.isfinite(self.ema) and 0 <= self.ema < 1):
             raise UsageError(f"--ema must be in [0, 1), got {self.ema}")
         if not (math.isfinite(self.backbone_lr_mult) and self.backbone_lr_mult >= 0):
