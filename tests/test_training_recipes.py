@@ -274,6 +274,46 @@ def test_translate_bounds_the_shift_of_pad_crops(translate):
         TrainConfig(dataset="cifar10", data_dir="d", arch="alexnet_cifar", epochs=1, translate=spec.resize)
 
 
+@pytest.mark.parametrize("arch", ["alexnet_cifar", "alexnet"])
+def test_cutout_sets_one_clipped_square_to_the_mean_in_both_pipelines(arch):
+    """With the same draws, a Cutout crop differs from the plain one only inside one square of at
+    most side x side pixels, which holds the dataset mean; both pipelines cut squares of the same
+    size distribution (clipped at the edges when the centre lies near one)."""
+    from PIL import Image
+
+    from runtime.errors import UsageError
+
+    spec = ARCHS[arch].preprocess
+    side, n = spec.crop // 2, 200
+    plain = Augmentation(ARCHS[arch].augment, spec)
+    cut = Augmentation(ARCHS[arch].augment, spec, cutout=side)
+    mean = torch.tensor(spec.mean)[:, None, None] * 255
+    x = torch.randint(0, 256, (n, 3, spec.resize, spec.resize), dtype=torch.uint8)
+
+    def square(a: torch.Tensor, b: torch.Tensor) -> int:
+        changed = (a != b).any(0)
+        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        h, w = (int(v[-1] - v[0] + 1) if len(v) else 0 for v in (rows, cols))
+        assert h <= side and w <= side and int(changed.sum()) == h * w, "not one square of at most side x side"
+        box = b[:, rows[0] : rows[0] + h, cols[0] : cols[0] + w] if h else b[:, :0]
+        assert torch.equal(box, mean.expand_as(box)), "the square does not hold the mean"
+        return h * w
+
+    batched = [square(a, b) for a, b in zip(plain.batch(x, torch.Generator().manual_seed(3)),
+                                            cut.batch(x, torch.Generator().manual_seed(3)))]
+    single = []
+    for i, image in enumerate(x[:n]):
+        photo = Image.fromarray(image.permute(1, 2, 0).numpy())
+        torch.manual_seed(i)
+        a = plain.image(photo)
+        torch.manual_seed(i)
+        single.append(square(a, cut.image(photo)))
+    assert max(batched) == side * side and min(batched) < side * side  # full squares and clipped ones
+    assert _ks(np.array(batched), np.array(single)) < 0.15, "the pipelines cut differently sized squares"
+    with pytest.raises(UsageError, match="--cutout"):
+        TrainConfig(dataset="cifar10", data_dir="d", arch=arch, epochs=1, cutout=spec.crop + 1)
+
+
 def test_precision_is_a_choice_and_bf16_trains(tiny_folder, tmp_path, monkeypatch):
     """--precision bf16 runs the forward pass under bf16 autocast (on any CPU; fast with AMX or
     AVX512_BF16) and trains: finite weights that differ from the fp32 run's; auto follows the

@@ -12,7 +12,9 @@ resized to `resize`, centre square), what the store keeps in memory. Then, by th
   aspect U(log 3/4, log 4/3), the first of 10 draws that fits, else the whole square; a uniform
   integer offset; resized to crop x crop (bilinear);
 
-and a horizontal flip with probability 1/2.
+and a horizontal flip with probability 1/2; then, with `cutout` > 0, Cutout (DeVries & Taylor,
+2017): a cutout x cutout square centred at a uniform pixel of the crop, clipped at its edges, is
+set to the dataset mean (0 after normalization).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Crops:
     height: torch.Tensor
     width: torch.Tensor
     flip: torch.Tensor  # bool (n,)
+    cut: Optional[torch.Tensor] = None  # int64 (n, 2): Cutout's centre (row, column) in the crop
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Augmentation:
     kind: str
     spec: Preprocess
     translate: Optional[int] = None  # pad-crop's padding; None: crop // 8
+    cutout: int = 0  # side of the Cutout square in crop pixels; 0 = off
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -67,6 +71,12 @@ class Augmentation:
         return resize_and_crop(image, replace(self.spec, crop=self.spec.resize))
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Crops:
+        crops = self._crops(n, generator)
+        if self.cutout:  # drawn last, so a run without Cutout draws exactly what it always drew
+            crops = replace(crops, cut=torch.randint(0, self.spec.crop, (n, 2), generator=generator))
+        return crops
+
+    def _crops(self, n: int, generator: Optional[torch.Generator]) -> Crops:
         size, crop = self.spec.resize, self.spec.crop
         flip = torch.rand(n, generator=generator) < 0.5
         if self.kind == "pad-crop":
@@ -101,7 +111,7 @@ class Augmentation:
         else:
             array = np.asarray(square.resize((crop, crop), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h)))
         x = torch.from_numpy(np.array(array)).permute(2, 0, 1).float()  # a writable copy
-        return x.flip(2) if bool(c.flip[0]) else x
+        return self._cut(x.flip(2) if bool(c.flip[0]) else x, c)
 
     def batch(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """uint8 source squares (b, 3, resize, resize) -> augmented float32 (b, 3, crop, crop), 0..255."""
@@ -115,7 +125,7 @@ class Augmentation:
             cols = (c.left[:, None] + torch.arange(crop)).to(device)
             out = padded[torch.arange(b, device=device)[:, None, None, None], torch.arange(3, device=device)[None, :, None, None],
                          rows[:, None, :, None], cols[:, None, None, :]]
-            return torch.where(flip, out.flip(3), out)
+            return self._cut(torch.where(flip, out.flip(3), out), c)
         size = self.spec.resize
         theta = torch.zeros(b, 2, 3)  # output [-1, 1] -> the crop window in the source's [-1, 1]
         theta[:, 0, 0] = c.width / size
@@ -124,4 +134,18 @@ class Augmentation:
         theta[:, 1, 2] = (2 * c.top + c.height) / size - 1
         grid = F.affine_grid(theta.to(device), [b, 3, crop, crop], align_corners=False)
         out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-        return torch.where(flip, out.flip(3), out)
+        return self._cut(torch.where(flip, out.flip(3), out), c)
+
+    def _cut(self, x: torch.Tensor, c: Crops) -> torch.Tensor:
+        """Cutout on crops x ((3, crop, crop) or (b, 3, crop, crop), 0..255): the mean inside each square."""
+        if c.cut is None:
+            return x
+        batch = x.dim() == 4
+        xs = x if batch else x[None]
+        lo = (c.cut - self.cutout // 2).to(x.device)  # (n, 2): first row / column of the square
+        pixels = torch.arange(self.spec.crop, device=x.device)
+        inside = [(pixels >= lo[:, k, None]) & (pixels < lo[:, k, None] + self.cutout) for k in (0, 1)]
+        mask = (inside[0][:, :, None] & inside[1][:, None, :])[:, None]  # (n, 1, crop, crop)
+        mean = torch.tensor(self.spec.mean, dtype=x.dtype, device=x.device)[:, None, None] * 255
+        out = torch.where(mask, mean, xs)
+        return out if batch else out[0]

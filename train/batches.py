@@ -30,7 +30,7 @@ class Data:
     def __init__(self, splits: Splits, cfg: TrainConfig, device: torch.device, ctx: distributed.Dist) -> None:
         self.cfg, self.device, self.ctx, self.splits = cfg, device, ctx, splits
         self.spec = ARCHS[cfg.arch].preprocess
-        self.augment = Augmentation(ARCHS[cfg.arch].augment, self.spec, cfg.translate)
+        self.augment = Augmentation(ARCHS[cfg.arch].augment, self.spec, cfg.translate, cfg.cutout)
         self.per_rank = max(1, cfg.batch_size // ctx.world)
         cache = cfg.cache if cfg.cache != "auto" else ("memory" if device.type == "cuda" else "none")
         self.memory = cache == "memory"

@@ -68,6 +68,8 @@ def _recipes_help() -> str:
               help="CutMix Beta(a, a); 0 = off (with both, one per batch).")
 @click.option("--translate", type=int,
               help="32-px archs: the most pixels a training crop shifts (reflect padding) [default: crop // 8 = 4].")
+@click.option("--cutout", default=D["cutout"], show_default=True, type=int,
+              help="Cutout: an N x N square of each training crop, centred at a random pixel, set to the mean; 0 = off.")
 @click.option("--ema", default=D["ema"], show_default=True, type=float,
               help="Decay of an EMA of the weights, which validation scores and export ships; 0 = off.")
 @click.option("--tta/--no-tta", default=D["tta"], show_default=True, help="Validate, test and export the mean of image and mirror-image logits.")

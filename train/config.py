@@ -86,6 +86,7 @@ class TrainConfig:
     mixup: float = 0.0  # Beta(a, a) for mixup; 0 = off
     cutmix: float = 0.0  # Beta(a, a) for cutmix; 0 = off
     translate: Optional[int] = None  # pad-crop archs: pixels a crop may shift; None: crop // 8
+    cutout: int = 0  # side of the Cutout square in input pixels; 0 = off
     ema: float = 0.0  # decay of an EMA of the weights used for validation/export; 0 = off
     tta: bool = False  # validate (and export) the mean of image and mirror logits
     freeze: str = "none"
@@ -134,6 +135,8 @@ class TrainConfig:
                                  f"{self.arch} uses random resized crops")
             if not 0 <= self.translate < spec.preprocess.resize:
                 raise UsageError(f"--translate must be in [0, {spec.preprocess.resize}), got {self.translate}")
+        if self.arch in ARCHS and not 0 <= self.cutout <= ARCHS[self.arch].preprocess.crop:
+            raise UsageError(f"--cutout must be in [0, {ARCHS[self.arch].preprocess.crop}] (the crop's side), got {self.cutout}")
         if not (math.isfinite(self.ema) and 0 <= self.ema < 1):
             raise UsageError(f"--ema must be in [0, 1), got {self.ema}")
         if not (math.isfinite(self.backbone_lr_mult) and self.backbone_lr_mult >= 0):
