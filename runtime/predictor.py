@@ -73,23 +73,19 @@ class Predictor:
             raise UsageError(f"decode {decode!r} is not valid (choose from {', '.join(DECODE_MODES)})")
         self.path = Path(path)
         self.decode = decode
+        self._session: Future = Future()
         model = open_model(self.path, reference_weights=few_images)
-        try:
+        try:  # until _load owns the file, any failure closes it here
             self.contract = Contract.from_metadata(model.metadata)
+            if background:
+                threading.Thread(target=self._load, args=(model, threads, few_images), daemon=True,
+                                 name="onnxruntime-session").start()
         except BaseException as exc:
             model.close()
             if isinstance(exc, ContractError):
                 raise ModelError(f"{self.path}: {exc}") from None
             raise
-        self._session: Future = Future()
-        if background:
-            try:
-                threading.Thread(target=self._load, args=(model, threads, few_images), daemon=True,
-                                 name="onnxruntime-session").start()
-            except BaseException:
-                model.close()
-                raise
-        else:
+        if not background:
             self._load(model, threads, few_images)
             self.ready()
 
