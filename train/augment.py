@@ -111,7 +111,7 @@ class Augmentation:
         else:
             array = np.asarray(square.resize((crop, crop), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h)))
         x = torch.from_numpy(np.array(array)).permute(2, 0, 1).float()  # a writable copy
-        return self._cut(x.flip(2) if bool(c.flip[0]) else x, c)
+        return self._cut((x.flip(2) if bool(c.flip[0]) else x)[None], c)[0]
 
     def batch(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """uint8 source squares (b, 3, resize, resize) -> augmented float32 (b, 3, crop, crop), 0..255."""
@@ -137,15 +137,12 @@ class Augmentation:
         return self._cut(torch.where(flip, out.flip(3), out), c)
 
     def _cut(self, x: torch.Tensor, c: Crops) -> torch.Tensor:
-        """Cutout on crops x ((3, crop, crop) or (b, 3, crop, crop), 0..255): the mean inside each square."""
+        """Cutout on crops x (b, 3, crop, crop), 0..255: the mean inside each square."""
         if c.cut is None:
             return x
-        batch = x.dim() == 4
-        xs = x if batch else x[None]
-        lo = (c.cut - self.cutout // 2).to(x.device)  # (n, 2): first row / column of the square
+        lo = (c.cut - self.cutout // 2).to(x.device)  # (b, 2): first row / column of the square
         pixels = torch.arange(self.spec.crop, device=x.device)
         inside = [(pixels >= lo[:, k, None]) & (pixels < lo[:, k, None] + self.cutout) for k in (0, 1)]
-        mask = (inside[0][:, :, None] & inside[1][:, None, :])[:, None]  # (n, 1, crop, crop)
+        mask = (inside[0][:, :, None] & inside[1][:, None, :])[:, None]  # (b, 1, crop, crop)
         mean = torch.tensor(self.spec.mean, dtype=x.dtype, device=x.device)[:, None, None] * 255
-        out = torch.where(mask, mean, xs)
-        return out if batch else out[0]
+        return torch.where(mask, mean, x)
