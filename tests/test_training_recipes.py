@@ -235,7 +235,7 @@ def test_both_input_pipelines_draw_the_same_crops(tmp_path, arch, size, translat
         torch.manual_seed(0)
         rows = []
         for epoch in range(25):
-            for x, _, *_ in data.train(torch.Generator().manual_seed(epoch)):
+            for x, _, *_ in data.train(torch.Generator().manual_seed(epoch), epoch):
                 v = (x * std + mean) * 255  # back to the photo's 0..255 coordinates
                 mid = spec.crop // 2
                 rows.append(torch.stack([v[:, 0, mid, 0], v[:, 0, mid, -1], v[:, 1, 0, mid], v[:, 1, -1, mid]], 1))
@@ -247,6 +247,73 @@ def test_both_input_pipelines_draw_the_same_crops(tmp_path, arch, size, translat
         assert _ks(a, b) < 0.08, f"{arch}: crop {name} edges are distributed differently ({_ks(a, b):.3f})"
     flips = [float(np.mean(d[:, 0] > d[:, 1])) for d in (store, loader)]
     assert all(0.42 < f < 0.58 for f in flips), flips
+
+
+@pytest.mark.parametrize("arch", ["alexnet_cifar", "alexnet"])
+def test_alternating_flip_mirrors_each_image_every_other_epoch_in_both_pipelines(tmp_path, arch):
+    """--flip alternate: each image is mirrored in every other epoch, from a first epoch that
+    mirrors about half of them, and both input pipelines mirror the same images in the same epoch.
+    Each photo says who it is (blue = its number) and whether it was mirrored (red rises with x)."""
+    from PIL import Image
+
+    from runtime.errors import UsageError
+
+    w, h = (48, 40) if arch == "alexnet_cifar" else (320, 256)
+    xs = np.broadcast_to(np.linspace(0, 255, w), (h, w))
+    for i in range(64):
+        folder = tmp_path / "train" / "ab"[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        photo = np.stack([xs, np.zeros_like(xs), np.full_like(xs, i * 4)], -1)
+        Image.fromarray(photo.round().astype(np.uint8)).save(folder / f"{i}.png")
+    spec = ARCHS[arch].preprocess
+    mean, std = torch.tensor(spec.mean)[:, None, None], torch.tensor(spec.std)[:, None, None]
+
+    def mirrored(cache: str, flip: str, epochs: int = 4) -> np.ndarray:
+        """(epochs, 64) bool: whether photo i was mirrored in each epoch."""
+        cfg = cfg_for(tmp_path, tmp_path / "out", arch=arch, batch_size=16, val_fraction=0.0, cache=cache, workers=0,
+                      flip=flip)
+        data = Data(load_splits("folder", tmp_path, val_fraction=0.0, limit_train=None, seed=0), cfg,
+                    torch.device("cpu"), Dist())
+        torch.manual_seed(0)
+        out = np.zeros((epochs, 64), dtype=bool)
+        seen = np.zeros((epochs, 64), dtype=int)
+        for epoch in range(epochs):
+            for x, _, *_ in data.train(torch.Generator().manual_seed(epoch), epoch):
+                v = (x * std + mean) * 255
+                mid = spec.crop // 2
+                who = torch.round(v[:, 2, mid, mid] / 4).long().numpy()
+                seen[epoch, who] += 1
+                out[epoch, who] = (v[:, 0, mid, 0] > v[:, 0, mid, -1]).numpy()
+        assert (seen == 1).all(), "every photo once per epoch"
+        return out
+
+    store, loader = mirrored("memory", "alternate"), mirrored("none", "alternate")
+    assert (store == loader).all(), "the two pipelines mirror different images"
+    assert 0.3 < store[0].mean() < 0.7, store[0].mean()
+    assert (store[1] == ~store[0]).all() and (store[2] == store[0]).all() and (store[3] == store[1]).all()
+    randomly = mirrored("memory", "random")
+    assert not (randomly[1] == ~randomly[0]).all(), "random flips do not alternate"
+    with pytest.raises(UsageError, match="--flip"):
+        cfg_for(tmp_path, tmp_path / "out", flip="sideways")
+
+
+def test_alternating_flip_changes_only_the_flip():
+    """The alternating flip replaces the random one after it is drawn: crops, offsets and Cutout
+    squares are what a random-flip run draws; the flip depends on the seed and the key."""
+    from train.augment import alternating_flips
+
+    spec = ARCHS["alexnet_cifar"].preprocess
+    keys = torch.arange(1000, 1500)
+    plain = Augmentation("pad-crop", spec, cutout=8).sample(500, torch.Generator().manual_seed(2))
+    alt = Augmentation("pad-crop", spec, cutout=8, flip="alternate", seed=3).sample(500, torch.Generator().manual_seed(2),
+                                                                                   keys, 5)
+    for name in ("top", "left", "height", "width", "cut"):
+        assert torch.equal(getattr(plain, name), getattr(alt, name)), name
+    assert torch.equal(alt.flip, alternating_flips(keys, 3, 5)) and torch.equal(alt.flip, ~alternating_flips(keys, 3, 4))
+    assert 0.4 < alternating_flips(keys, 4, 0).float().mean() < 0.6
+    assert not torch.equal(alternating_flips(keys, 3, 0), alternating_flips(keys, 4, 0)), "the seed picks the flips"
+    with pytest.raises(ValueError, match="key"):
+        Augmentation("pad-crop", spec, flip="alternate").sample(4)
 
 
 @pytest.mark.parametrize("translate", [0, 2, None])

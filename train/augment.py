@@ -12,9 +12,13 @@ resized to `resize`, centre square), what the store keeps in memory. Then, by th
   aspect U(log 3/4, log 4/3), the first of 10 draws that fits, else the whole square; a uniform
   integer offset; resized to crop x crop (bilinear);
 
-and a horizontal flip with probability 1/2; then, with `cutout` > 0, Cutout (DeVries & Taylor,
-2017): a cutout x cutout square centred at a uniform pixel of the crop, clipped at its edges, is
-set to the dataset mean (0 after normalization).
+and a horizontal flip: with probability 1/2 ("random"), or "alternate" (Jordan, 2024, "94% on
+CIFAR-10 in 3.29 seconds"): in even epochs an image is mirrored when a hash of (seed, its index in
+the source) says so, in odd epochs when it does not, so every two epochs show each image once each
+way; then, with `cutout` > 0, Cutout (DeVries & Taylor, 2017): a cutout x cutout square centred at
+a uniform pixel of the crop, clipped at its edges, is set to the dataset mean (0 after
+normalization). The alternating flip replaces the random one after it is drawn, and Cutout is
+drawn last, so a run without either draws exactly what it always drew.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from PIL import Image
 
 from runtime.contract import Preprocess
 from runtime.preprocess import resize_and_crop
+
+from .config import FLIPS
 
 KINDS = ("pad-crop", "resized-crop")
 SCALE = (0.08, 1.0)
@@ -55,10 +61,14 @@ class Augmentation:
     spec: Preprocess
     translate: Optional[int] = None  # pad-crop's padding; None: crop // 8
     cutout: int = 0  # side of the Cutout square in crop pixels; 0 = off
+    flip: str = "random"  # one of FLIPS
+    seed: int = 0  # the alternating flip's hash key
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"augmentation {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.flip not in FLIPS:
+            raise ValueError(f"flip {self.flip!r} is not one of {', '.join(FLIPS)}")
 
     @property
     def pad(self) -> int:
@@ -70,8 +80,15 @@ class Augmentation:
         """The square every crop is cut from (what the in-memory store keeps)."""
         return resize_and_crop(image, replace(self.spec, crop=self.spec.resize))
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Crops:
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, keys: Optional[torch.Tensor] = None,
+               epoch: int = 0) -> Crops:
+        """n crops; `keys` (n,) are the images' indices in their source, which the alternating flip
+        needs (with the epoch)."""
         crops = self._crops(n, generator)
+        if self.flip == "alternate":
+            if keys is None or len(keys) != n:
+                raise ValueError("the alternating flip needs each image's key")
+            crops = replace(crops, flip=alternating_flips(keys, self.seed, epoch))
         if self.cutout:  # drawn last, so a run without Cutout draws exactly what it always drew
             crops = replace(crops, cut=torch.randint(0, self.spec.crop, (n, 2), generator=generator))
         return crops
@@ -99,11 +116,12 @@ class Augmentation:
         left = (torch.rand(n, generator=generator) * (size - w + 1)).long()
         return Crops(top, left, h, w, flip)
 
-    def image(self, image: Image.Image) -> torch.Tensor:
-        """One PIL image -> augmented float32 (3, crop, crop) on the 0..255 scale (DataLoader path);
-        draws from torch's global generator, which DataLoader seeds per worker."""
+    def image(self, image: Image.Image, key: int = 0, epoch: int = 0) -> torch.Tensor:
+        """One PIL image (index `key` in its source) -> augmented float32 (3, crop, crop) on the
+        0..255 scale (DataLoader path); draws from torch's global generator, which DataLoader seeds
+        per worker."""
         square, crop = self.source(image), self.spec.crop
-        c = self.sample(1)
+        c = self.sample(1, keys=torch.tensor([key]), epoch=epoch)
         top, left, h, w = (int(v[0]) for v in (c.top, c.left, c.height, c.width))
         if self.kind == "pad-crop":
             pad = self.pad
@@ -113,10 +131,12 @@ class Augmentation:
         x = torch.from_numpy(np.array(array)).permute(2, 0, 1).float()  # a writable copy
         return self._cut((x.flip(2) if bool(c.flip[0]) else x)[None], c)[0]
 
-    def batch(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """uint8 source squares (b, 3, resize, resize) -> augmented float32 (b, 3, crop, crop), 0..255."""
+    def batch(self, x: torch.Tensor, generator: Optional[torch.Generator] = None, keys: Optional[torch.Tensor] = None,
+              epoch: int = 0) -> torch.Tensor:
+        """uint8 source squares (b, 3, resize, resize), the images `keys` of the source ->
+        augmented float32 (b, 3, crop, crop), 0..255."""
         b, crop, device = len(x), self.spec.crop, x.device
-        c = self.sample(b, generator)
+        c = self.sample(b, generator, keys, epoch)
         flip = c.flip.to(device)[:, None, None, None]
         if self.kind == "pad-crop":
             pad = self.pad
@@ -146,3 +166,15 @@ class Augmentation:
         mask = (inside[0][:, :, None] & inside[1][:, None, :])[:, None]  # (b, 1, crop, crop)
         mean = torch.tensor(self.spec.mean, dtype=x.dtype, device=x.device)[:, None, None] * 255
         return torch.where(mask, mean, x)
+
+
+def alternating_flips(keys: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+    """bool (n,): whether each image (by its index in the source) is mirrored in `epoch`. Even
+    epochs take a bit of a 32-bit integer hash of (seed, key), odd epochs its opposite; the same
+    in every process and pipeline, with no state to save for --resume."""
+    mask = 0xFFFFFFFF
+    x = (keys.long() & mask) ^ ((seed * 0x9E3779B1) & mask)
+    for _ in range(3):  # multiply-xorshift rounds: products stay below 2**59, no int64 overflow
+        x = (((x >> 16) ^ x) * 0x45D9F3B) & mask
+    x = (x >> 16) ^ x
+    return ((x & 1) == 1) ^ bool(epoch % 2)

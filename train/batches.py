@@ -30,7 +30,7 @@ class Data:
     def __init__(self, splits: Splits, cfg: TrainConfig, device: torch.device, ctx: distributed.Dist) -> None:
         self.cfg, self.device, self.ctx, self.splits = cfg, device, ctx, splits
         self.spec = ARCHS[cfg.arch].preprocess
-        self.augment = Augmentation(ARCHS[cfg.arch].augment, self.spec, cfg.translate, cfg.cutout)
+        self.augment = Augmentation(ARCHS[cfg.arch].augment, self.spec, cfg.translate, cfg.cutout, cfg.flip, cfg.seed)
         self.per_rank = max(1, cfg.batch_size // ctx.world)
         cache = cfg.cache if cfg.cache != "auto" else ("memory" if device.type == "cuda" else "none")
         self.memory = cache == "memory"
@@ -48,15 +48,15 @@ class Data:
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.splits.train) / self.ctx.world / self.per_rank)
 
-    def train(self, generator: torch.Generator):
+    def train(self, generator: torch.Generator, epoch: int):
         if self.memory:
-            return self.stores["train"].batches(self.per_rank, generator, (self.ctx.rank, self.ctx.world))
+            return self.stores["train"].batches(self.per_rank, generator, (self.ctx.rank, self.ctx.world), epoch)
         sampler = None
         if self.ctx.enabled:
             from torch.utils.data import DistributedSampler
 
             sampler = DistributedSampler(range(len(self.splits.train)), self.ctx.world, self.ctx.rank, seed=generator.initial_seed())
-        return make_loader(self.splits.train, train_transform(self.augment), batch_size=self.per_rank,
+        return make_loader(self.splits.train, train_transform(self.augment, epoch), batch_size=self.per_rank,
                            shuffle=sampler is None, workers=self.workers, generator=generator, sampler=sampler)
 
     def eval(self, name: str):

@@ -12,7 +12,7 @@ import click
 from runtime.cliutil import Command, debug_option, fail, run
 from runtime.errors import EXIT_INTERRUPTED, UsageError
 
-from .config import ARCHS, CACHES, DATASETS, DEFAULTS, DEVICES, FREEZE, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
+from .config import ARCHS, CACHES, DATASETS, DEFAULTS, DEVICES, FLIPS, FREEZE, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
 
 
 def _raise_interrupt(signum, frame):
@@ -70,6 +70,9 @@ def _recipes_help() -> str:
               help="32-px archs: the most pixels a training crop shifts (reflect padding) [default: crop // 8 = 4].")
 @click.option("--cutout", default=D["cutout"], show_default=True, type=int,
               help="Cutout: an N x N square of each training crop, centred at a random pixel, set to the mean; 0 = off.")
+@click.option("--flip", default=D["flip"], show_default=True, type=click.Choice(FLIPS),
+              help="Training mirror images: random (p = 1/2 per crop) or alternate (each image mirrored in every "
+                   "other epoch, from a seeded first epoch).")
 @click.option("--ema", default=D["ema"], show_default=True, type=float,
               help="Decay of an EMA of the weights, which validation scores and export ships; 0 = off.")
 @click.option("--tta/--no-tta", default=D["tta"], show_default=True, help="Validate, test and export the mean of image and mirror-image logits.")

@@ -57,6 +57,7 @@ DEVICES = ("auto", "cpu", "cuda")
 FREEZE = ("none", "features", "all-but-head")
 CACHES = ("auto", "none", "memory")
 PRECISIONS = ("auto", "bf16", "fp32")
+FLIPS = ("random", "alternate")  # training mirror images (train/augment.py)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class TrainConfig:
     cutmix: float = 0.0  # Beta(a, a) for cutmix; 0 = off
     translate: Optional[int] = None  # pad-crop archs: pixels a crop may shift; None: crop // 8
     cutout: int = 0  # side of the Cutout square in input pixels; 0 = off
+    flip: str = "random"  # training mirror images: random (p 1/2) or alternate (every other epoch)
     ema: float = 0.0  # decay of an EMA of the weights used for validation/export; 0 = off
     tta: bool = False  # validate (and export) the mean of image and mirror logits
     freeze: str = "none"
@@ -107,7 +109,7 @@ class TrainConfig:
         if self.backbone_lr_mult is None:
             object.__setattr__(self, "backbone_lr_mult", 0.1 if self.fine_tune else 1.0)
         choices = {"dataset": DATASETS, "arch": tuple(ARCHS), "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES,
-                   "freeze": FREEZE, "cache": CACHES, "precision": PRECISIONS}
+                   "freeze": FREEZE, "cache": CACHES, "precision": PRECISIONS, "flip": FLIPS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise UsageError(f"--{name} {getattr(self, name)!r} is not valid (choose from {', '.join(valid)})")

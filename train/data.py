@@ -102,19 +102,21 @@ def _balanced(labels: Sequence[int], indices: Sequence[int], n: int, rng: random
     return sorted(picked)
 
 
-def train_transform(augment: Augmentation) -> Callable:
-    """The DataLoader side of the training augmentation, normalized as the in-memory store does."""
+def train_transform(augment: Augmentation, epoch: int) -> Callable:
+    """The DataLoader side of the training augmentation in `epoch`, normalized as the in-memory
+    store does."""
     mean = torch.tensor(augment.spec.mean, dtype=torch.float32)[:, None, None]
     std = torch.tensor(augment.spec.std, dtype=torch.float32)[:, None, None]
-    return lambda image: (augment.image(image) / 255.0 - mean) / std
+    return lambda image, key: (augment.image(image, key, epoch) / 255.0 - mean) / std
 
 
 def eval_transform(spec: Preprocess) -> Callable:
-    return lambda image: torch.from_numpy(preprocess(image, spec))
+    return lambda image, key: torch.from_numpy(preprocess(image, spec))
 
 
 class ImageDataset(Dataset):
-    """Items are (tensor, label), or None for an image that cannot be read (counted, skipped)."""
+    """Items are (tensor, label), or None for an image that cannot be read (counted, skipped).
+    Transforms take the image and its index in the source."""
 
     def __init__(self, split: Split, transform: Callable) -> None:
         self.split, self.transform = split, transform
@@ -128,7 +130,7 @@ class ImageDataset(Dataset):
             image = self.split.source.image(index)
         except ImageError:
             return None
-        return self.transform(image), self.split.source.labels[index]
+        return self.transform(image, index), self.split.source.labels[index]
 
 
 def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:

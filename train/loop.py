@@ -255,7 +255,7 @@ def _train_epoch(run: Run, epoch: int, generator: torch.Generator) -> dict[str, 
     progress = Progress(f"epoch {epoch + 1}/{cfg.epochs}", total=steps, enabled=ctx.main)
     loss_sum, correct, n, bad = 0.0, 0, 0, 0
     start = time.perf_counter()
-    for step, (x, y, n_bad) in enumerate(run.data.train(generator)):
+    for step, (x, y, n_bad) in enumerate(run.data.train(generator, epoch)):
         bad += n_bad
         if not len(y):
             continue

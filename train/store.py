@@ -49,6 +49,7 @@ class ImageStore:
         self.bad = len(arrays) - len(keep)
         stacked = np.stack([arrays[i] for i in keep]) if keep else np.zeros((0, size, size, 3), np.uint8)
         self.images = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous().to(device)
+        self.keys = torch.tensor([split.indices[i] for i in keep], dtype=torch.long)  # indices in the source
         labels = [split.source.labels[split.indices[i]] for i in keep]
         self.labels = torch.tensor(labels, dtype=torch.long, device=device)
         self.spec, self.train, self.augment, self.device = spec, train, augment, device
@@ -63,9 +64,10 @@ class ImageStore:
         return (x.float() / 255.0 - self.mean) / self.std
 
     def batches(self, batch_size: int, generator: Optional[torch.Generator] = None,
-                shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        """(inputs, labels, 0) batches: shuffled and augmented when training, in order for eval.
-        `shard=(rank, world)` gives each process its own slice of the same permutation."""
+                shard: tuple[int, int] = (0, 1), epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """(inputs, labels, 0) batches: shuffled and augmented (as in `epoch`) when training, in
+        order for eval. `shard=(rank, world)` gives each process its own slice of the same
+        permutation."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if self.train else torch.arange(n)
         rank, world = shard
@@ -73,8 +75,9 @@ class ImageStore:
             order = torch.cat([order, order[: (-len(order)) % world]])
         order = order[rank::world]
         for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size].to(self.device)
+            picked = order[start : start + batch_size]
+            idx = picked.to(self.device)
             x = self.images[idx]
             if self.train:
-                x = self.augment.batch(x, generator)
+                x = self.augment.batch(x, generator, self.keys[picked], epoch)
             yield self.normalize(x), self.labels[idx], 0
