@@ -316,6 +316,43 @@ def test_alternating_flip_changes_only_the_flip():
         Augmentation("pad-crop", spec, flip="alternate").sample(4)
 
 
+def test_whitening_init_decorrelates_the_first_convs_patches(tiny_folder, tmp_path):
+    """--init whiten: on the patches it was computed from, the first conv's responses are
+    uncorrelated with variance eigenvalue / (eigenvalue + eps), largest first, each filter
+    followed by its negative; the filters past 2 x 27 keep their initialization; a fresh run
+    starts (model and EMA) from it; other archs and fine-tuning refuse it."""
+    import torch.nn.functional as F
+
+    from runtime.errors import UsageError
+    from train.loop import _build
+    from train.models import whiten_first_conv
+
+    torch.manual_seed(0)
+    noise = torch.randn(64, 3, 36, 36)
+    images = F.avg_pool2d(noise, 5, 1)[:, [0, 1, 2]] + 0.3 * F.avg_pool2d(noise, 5, 1)[:, [1, 2, 0]]  # correlated
+    model = build_model("alexnet_cifar", 10, dropout=0.0)
+    before = model.features[0].weight.detach().clone()
+    assert whiten_first_conv(model, images) == 54
+    w = model.features[0].weight.detach().double()
+    assert torch.equal(w[54:].float(), before[54:]) and torch.equal(w[1:54:2], -w[0:54:2])
+    patches = F.unfold(images, 3).transpose(1, 2).reshape(-1, 27).double()
+    cov = torch.cov((patches @ w[0:54:2].reshape(27, 27).T).T)
+    eigval = torch.linalg.eigvalsh(torch.cov(patches.T)).flip(0)
+    assert torch.allclose(cov, torch.diag(eigval / (eigval + 5e-4)), atol=1e-6)
+    assert cov.diagonal()[0] > 0.99
+
+    cfg = cfg_for(tiny_folder, tmp_path, init="whiten", ema=0.9, cache="memory")
+    run = _build(cfg, tmp_path, Dist(), None, lambda m: None)
+    for net in (run.model, run.ema.model):
+        w = net.features[0].weight
+        assert torch.equal(w[1:54:2], -w[0:54:2])
+    plain = _build(cfg_for(tiny_folder, tmp_path, cache="memory"), tmp_path, Dist(), None, lambda m: None)
+    assert not torch.equal(plain.model.features[0].weight[1], -plain.model.features[0].weight[0])
+    for bad in (dict(arch="alexnet"), dict(pretrained=True, arch="alexnet")):
+        with pytest.raises(UsageError, match="--init whiten"):
+            cfg_for(tiny_folder, tmp_path, init="whiten", **bad)
+
+
 @pytest.mark.parametrize("translate", [0, 2, None])
 def test_translate_bounds_the_shift_of_pad_crops(translate):
     from runtime.errors import UsageError

@@ -12,7 +12,7 @@ import click
 from runtime.cliutil import Command, debug_option, fail, run
 from runtime.errors import EXIT_INTERRUPTED, UsageError
 
-from .config import ARCHS, CACHES, DATASETS, DEFAULTS, DEVICES, FLIPS, FREEZE, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
+from .config import ARCHS, CACHES, DATASETS, DEFAULTS, DEVICES, FLIPS, FREEZE, INITS, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
 
 
 def _raise_interrupt(signum, frame):
@@ -73,6 +73,9 @@ def _recipes_help() -> str:
 @click.option("--flip", default=D["flip"], show_default=True, type=click.Choice(FLIPS),
               help="Training mirror images: random (p = 1/2 per crop) or alternate (each image mirrored in every "
                    "other epoch, from a seeded first epoch).")
+@click.option("--init", default=D["init"], show_default=True, type=click.Choice(INITS),
+              help="alexnet_cifar from scratch: whiten = the first conv starts as a whitening of 3x3 training "
+                   "patches (each eigenvector and its negative, scaled by 1/sqrt(eigenvalue)).")
 @click.option("--ema", default=D["ema"], show_default=True, type=float,
               help="Decay of an EMA of the weights, which validation scores and export ships; 0 = off.")
 @click.option("--tta/--no-tta", default=D["tta"], show_default=True, help="Validate, test and export the mean of image and mirror-image logits.")

@@ -58,6 +58,7 @@ FREEZE = ("none", "features", "all-but-head")
 CACHES = ("auto", "none", "memory")
 PRECISIONS = ("auto", "bf16", "fp32")
 FLIPS = ("random", "alternate")  # training mirror images (train/augment.py)
+INITS = ("default", "whiten")  # the first conv's weights at the start of a from-scratch run (train/models.py)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class TrainConfig:
     translate: Optional[int] = None  # pad-crop archs: pixels a crop may shift; None: crop // 8
     cutout: int = 0  # side of the Cutout square in input pixels; 0 = off
     flip: str = "random"  # training mirror images: random (p 1/2) or alternate (every other epoch)
+    init: str = "default"  # whiten: the first conv starts as a whitening of the training patches
     ema: float = 0.0  # decay of an EMA of the weights used for validation/export; 0 = off
     tta: bool = False  # validate (and export) the mean of image and mirror logits
     freeze: str = "none"
@@ -109,7 +111,8 @@ class TrainConfig:
         if self.backbone_lr_mult is None:
             object.__setattr__(self, "backbone_lr_mult", 0.1 if self.fine_tune else 1.0)
         choices = {"dataset": DATASETS, "arch": tuple(ARCHS), "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES,
-                   "freeze": FREEZE, "cache": CACHES, "precision": PRECISIONS, "flip": FLIPS}
+                   "freeze": FREEZE, "cache": CACHES, "precision": PRECISIONS, "flip": FLIPS,
+                   "init": INITS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise UsageError(f"--{name} {getattr(self, name)!r} is not valid (choose from {', '.join(valid)})")
@@ -137,6 +140,8 @@ class TrainConfig:
                                  f"{self.arch} uses random resized crops")
             if not 0 <= self.translate < spec.preprocess.resize:
                 raise UsageError(f"--translate must be in [0, {spec.preprocess.resize}), got {self.translate}")
+        if self.init == "whiten" and (self.arch != "alexnet_cifar" or self.fine_tune):
+            raise UsageError("--init whiten is for alexnet_cifar trained from scratch (its first conv sees 3x3 patches)")
         if self.arch in ARCHS and not 0 <= self.cutout <= ARCHS[self.arch].preprocess.crop:
             raise UsageError(f"--cutout must be in [0, {ARCHS[self.arch].preprocess.crop}] (the crop's side), got {self.cutout}")
         if not (math.isfinite(self.ema) and 0 <= self.ema < 1):

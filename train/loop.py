@@ -26,7 +26,7 @@ from .checkpoint import atomic_write, clean_temp_files, contract_of, load_checkp
 from .config import TrainConfig
 from .data import Splits, load_splits
 from .evaluation import autocast, evaluate, shipped, shipped_from_checkpoint, uses_bf16
-from .models import ARCHS, build_model
+from .models import ARCHS, build_model, whiten_first_conv
 from .optim import apply_freeze, make_optimizer, make_scheduler
 from .progress import Progress
 from .recipes import EMA, mix_batch
@@ -153,6 +153,9 @@ def _build(cfg: TrainConfig, out: Path, ctx: distributed.Dist, ckpt: Optional[di
     apply_freeze(model, cfg.freeze)
     model = model.to(device, memory_format=torch.channels_last)  # faster on CUDA and, measured, on x86 CPUs
     data = Data(splits, cfg, device, ctx)
+    if fresh and cfg.init == "whiten":  # from one batch of training crops, drawn apart from the epochs' draws
+        x, *_ = next(iter(data.train(torch.Generator().manual_seed(cfg.seed), 0)))
+        whiten_first_conv(model, x.to(device))
     optimizer = make_optimizer(cfg, model, device)
     scheduler = make_scheduler(cfg, optimizer, data.steps_per_epoch())
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from runtime.errors import ModelError, first_line
@@ -37,6 +38,25 @@ class AlexNetCifar(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+def whiten_first_conv(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) -> int:
+    """Patch-whitening initialization (as in Jordan, 2024, "94% on CIFAR-10 in 3.29 seconds"): the
+    first conv's filters become the eigenvectors of the covariance of its input patches in
+    `images` (normalized training crops), largest first, each scaled by 1 / sqrt(eigenvalue + eps)
+    and followed by its negative (ReLU keeps one side of each); filters beyond twice the patch
+    size keep their initialization. Returns how many filters were set."""
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    patches = F.unfold(images.float(), conv.kernel_size)  # (n, c*k*k, positions), no padding
+    patches = patches.transpose(1, 2).reshape(-1, patches.shape[1]).double()
+    eigval, eigvec = torch.linalg.eigh(torch.cov(patches.T))
+    order = eigval.argsort(descending=True)
+    filters = eigvec[:, order].T / torch.sqrt(eigval[order].clamp(min=0) + eps)[:, None]
+    filters = torch.stack([filters, -filters], 1).flatten(0, 1)  # v1, -v1, v2, -v2, ...
+    n = min(conv.out_channels, len(filters))
+    with torch.no_grad():
+        conv.weight[:n] = filters[:n].reshape(n, *conv.weight.shape[1:]).to(conv.weight)
+    return n
 
 
 def build_model(
