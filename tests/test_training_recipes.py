@@ -300,6 +300,8 @@ def test_alternating_flip_mirrors_each_image_every_other_epoch_in_both_pipelines
 def test_alternating_flip_changes_only_the_flip():
     """The alternating flip replaces the random one after it is drawn: crops, offsets and Cutout
     squares are what a random-flip run draws; the flip depends on the seed and the key."""
+    from PIL import Image
+
     from train.augment import alternating_flips
 
     spec = ARCHS["alexnet_cifar"].preprocess
@@ -314,6 +316,8 @@ def test_alternating_flip_changes_only_the_flip():
     assert not torch.equal(alternating_flips(keys, 3, 0), alternating_flips(keys, 4, 0)), "the seed picks the flips"
     with pytest.raises(ValueError, match="key"):
         Augmentation("pad-crop", spec, flip="alternate").sample(4)
+    with pytest.raises(ValueError, match="key"):
+        Augmentation("pad-crop", spec, flip="alternate").image(Image.new("RGB", (32, 32)))
 
 
 def test_whitening_init_decorrelates_the_first_convs_patches(tiny_folder, tmp_path):

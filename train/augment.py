@@ -116,12 +116,12 @@ class Augmentation:
         left = (torch.rand(n, generator=generator) * (size - w + 1)).long()
         return Crops(top, left, h, w, flip)
 
-    def image(self, image: Image.Image, key: int = 0, epoch: int = 0) -> torch.Tensor:
+    def image(self, image: Image.Image, key: Optional[int] = None, epoch: int = 0) -> torch.Tensor:
         """One PIL image (index `key` in its source) -> augmented float32 (3, crop, crop) on the
         0..255 scale (DataLoader path); draws from torch's global generator, which DataLoader seeds
         per worker."""
         square, crop = self.source(image), self.spec.crop
-        c = self.sample(1, keys=torch.tensor([key]), epoch=epoch)
+        c = self.sample(1, keys=None if key is None else torch.tensor([key]), epoch=epoch)
         top, left, h, w = (int(v[0]) for v in (c.top, c.left, c.height, c.width))
         if self.kind == "pad-crop":
             pad = self.pad

@@ -154,8 +154,10 @@ def _build(cfg: TrainConfig, out: Path, ctx: distributed.Dist, ckpt: Optional[di
     model = model.to(device, memory_format=torch.channels_last)  # faster on CUDA and, measured, on x86 CPUs
     data = Data(splits, cfg, device, ctx)
     if fresh and cfg.init == "whiten":  # from one batch of training crops, drawn apart from the epochs' draws
-        x, *_ = next(iter(data.train(torch.Generator().manual_seed(cfg.seed), 0)))
-        whiten_first_conv(model, x.to(device))
+        for x, *_ in data.train(torch.Generator().manual_seed(cfg.seed), 0):
+            if len(x):  # a DataLoader batch of unreadable images only is empty
+                whiten_first_conv(model, x.to(device))
+                break
     optimizer = make_optimizer(cfg, model, device)
     scheduler = make_scheduler(cfg, optimizer, data.steps_per_epoch())
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
