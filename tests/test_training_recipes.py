@@ -357,6 +357,29 @@ def test_whitening_init_decorrelates_the_first_convs_patches(tiny_folder, tmp_pa
             cfg_for(tiny_folder, tmp_path, init="whiten", **bad)
 
 
+def test_a_recipe_fills_what_the_command_line_does_not_give(tmp_path, monkeypatch):
+    """--recipe cifar10-cpu sets every value of its preset that the user did not give; a flag
+    given on the command line wins even when it equals the option's default; --help lists it."""
+    from click.testing import CliRunner
+
+    import train.loop
+    from train.cli import main as train_main
+    from train.config import DEFAULTS, RECIPES
+
+    seen = []
+    monkeypatch.setattr(train.loop, "train", lambda cfg, resume=False: seen.append(cfg) or {})
+    result = CliRunner().invoke(train_main, ["--recipe", "cifar10-cpu", "--data-dir", str(tmp_path), "--out",
+                                             str(tmp_path / "out"), "--batch-size", "64", "--ema", str(DEFAULTS["ema"])])
+    assert result.exit_code == 0, result.output
+    cfg = seen[0].to_dict()
+    preset = RECIPES["cifar10-cpu"]
+    assert cfg["batch_size"] == 64 and cfg["ema"] == DEFAULTS["ema"] != preset["ema"]
+    assert {k: cfg[k] for k in preset if k not in ("batch_size", "ema")} == {k: v for k, v in preset.items()
+                                                                            if k not in ("batch_size", "ema")}
+    help_text = CliRunner().invoke(train_main, ["--help"]).output
+    assert "cifar10-cpu:" in help_text and "--flip" in help_text
+
+
 @pytest.mark.parametrize("translate", [0, 2, None])
 def test_translate_bounds_the_shift_of_pad_crops(translate):
     from runtime.errors import UsageError
