@@ -170,11 +170,13 @@ def _torchrun(launchers: list[list[str]], args: list[str]) -> list[str]:
 
 def test_torchrun_one_node_and_two_nodes_train_the_same_weights(tiny_folder, tmp_path):
     """DDP with gloo: 2 processes on one node, then 2 nodes of 1 process each (two torchrun agents
-    meeting at a c10d rendezvous on this machine): same global batch, same final weights."""
+    meeting at a c10d rendezvous on this machine): same global batch, same final weights (with the
+    whitening init, which every rank takes from rank 0, and the alternating flip)."""
     args = ["--dataset", "folder", "--data-dir", str(tiny_folder), "--arch", "alexnet_cifar", "--epochs", "2",
-            "--batch-size", "16", "--limit-train", "24", "--precision", "fp32"]
+            "--batch-size", "16", "--limit-train", "24", "--precision", "fp32", "--init", "whiten", "--flip", "alternate"]
     one = _torchrun([["--standalone", "--nproc_per_node=2"]], [*args, "--out", str(tmp_path / "one")])
     assert "x2 processes" in one[0] and "fp32 training" in one[0] and one[0].count("done:") == 1
+    assert one[0].count("first conv: 54 filters whiten") == 1  # computed on each rank, logged by rank 0
     metrics = json.loads((tmp_path / "one" / "metrics.json").read_text())
     assert len(metrics["history"]) == 2 and metrics["train_images"] == 24
     ckpt = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
@@ -352,7 +354,7 @@ def test_whitening_init_decorrelates_the_first_convs_patches(tiny_folder, tmp_pa
         assert torch.equal(w[1:54:2], -w[0:54:2])
     plain = _build(cfg_for(tiny_folder, tmp_path, cache="memory"), tmp_path, Dist(), None, lambda m: None)
     assert not torch.equal(plain.model.features[0].weight[1], -plain.model.features[0].weight[0])
-    for bad in (dict(arch="alexnet"), dict(pretrained=True, arch="alexnet")):
+    for bad in (dict(arch="alexnet"), dict(weights=str(tmp_path / "w.pt"))):
         with pytest.raises(UsageError, match="--init whiten"):
             cfg_for(tiny_folder, tmp_path, init="whiten", **bad)
 

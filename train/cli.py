@@ -75,7 +75,7 @@ def _recipes_help() -> str:
                    "other epoch, from a seeded first epoch).")
 @click.option("--init", default=D["init"], show_default=True, type=click.Choice(INITS),
               help="alexnet_cifar from scratch: whiten = the first conv starts as a whitening of 3x3 training "
-                   "patches (each eigenvector and its negative, scaled by 1/sqrt(eigenvalue)).")
+                   "patches (each eigenvector and its negative, scaled by 1/sqrt(eigenvalue + 5e-4)).")
 @click.option("--ema", default=D["ema"], show_default=True, type=float,
               help="Decay of an EMA of the weights, which validation scores and export ships; 0 = off.")
 @click.option("--tta/--no-tta", default=D["tta"], show_default=True, help="Validate, test and export the mean of image and mirror-image logits.")

@@ -26,7 +26,7 @@ from .checkpoint import atomic_write, clean_temp_files, contract_of, load_checkp
 from .config import TrainConfig
 from .data import Splits, load_splits
 from .evaluation import autocast, evaluate, shipped, shipped_from_checkpoint, uses_bf16
-from .models import ARCHS, build_model, whiten_first_conv
+from .models import ARCHS, build_model, first_conv, whiten_first_conv
 from .optim import apply_freeze, make_optimizer, make_scheduler
 from .progress import Progress
 from .recipes import EMA, mix_batch
@@ -153,11 +153,8 @@ def _build(cfg: TrainConfig, out: Path, ctx: distributed.Dist, ckpt: Optional[di
     apply_freeze(model, cfg.freeze)
     model = model.to(device, memory_format=torch.channels_last)  # faster on CUDA and, measured, on x86 CPUs
     data = Data(splits, cfg, device, ctx)
-    if fresh and cfg.init == "whiten":  # from one batch of training crops, drawn apart from the epochs' draws
-        for x, *_ in data.train(torch.Generator().manual_seed(cfg.seed), 0):
-            if len(x):  # a DataLoader batch of unreadable images only is empty
-                whiten_first_conv(model, x.to(device))
-                break
+    if fresh and cfg.init == "whiten":
+        _whiten(model, data, cfg, ctx, log)
     optimizer = make_optimizer(cfg, model, device)
     scheduler = make_scheduler(cfg, optimizer, data.steps_per_epoch())
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
@@ -171,6 +168,22 @@ def _build(cfg: TrainConfig, out: Path, ctx: distributed.Dist, ckpt: Optional[di
         f"{device}{f' x{ctx.world} processes' if ctx.enabled else ''}{', in-memory store' if data.memory else ''}, "
         f"{'bf16' if uses_bf16(device, cfg.precision) else 'fp32'} training")
     return run
+
+
+def _whiten(model: nn.Module, data: Data, cfg: TrainConfig, ctx: distributed.Dist, log: Log) -> None:
+    """--init whiten from the first non-empty batch of training crops (a generator of its own);
+    under torchrun every process starts from rank 0's filters, the EMA copy included."""
+    for x, *_ in data.train(torch.Generator().manual_seed(cfg.seed), 0):
+        if len(x):  # a DataLoader batch of unreadable images only is empty
+            n = whiten_first_conv(model, x.to(next(model.parameters()).device))
+            log(f"first conv: {n} filters whiten the 3x3 patches of {len(x)} training crops")
+            break
+    else:
+        raise DataError(f"{cfg.data_dir}: no readable training image to compute --init whiten from")
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        dist.broadcast(first_conv(model).weight.data, 0)
 
 
 def _end_epoch(run: Run, row: dict[str, Any]) -> dict[str, Any]:

@@ -40,13 +40,17 @@ class AlexNetCifar(nn.Module):
         return self.classifier(self.features(x))
 
 
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
 def whiten_first_conv(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) -> int:
     """Patch-whitening initialization (as in Jordan, 2024, "94% on CIFAR-10 in 3.29 seconds"): the
     first conv's filters become the eigenvectors of the covariance of its input patches in
     `images` (normalized training crops), largest first, each scaled by 1 / sqrt(eigenvalue + eps)
     and followed by its negative (ReLU keeps one side of each); filters beyond twice the patch
     size keep their initialization. Returns how many filters were set."""
-    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    conv = first_conv(model)
     patches = F.unfold(images.float(), conv.kernel_size)  # (n, c*k*k, positions), no padding
     patches = patches.transpose(1, 2).reshape(-1, patches.shape[1]).double()
     eigval, eigvec = torch.linalg.eigh(torch.cov(patches.T))
