@@ -175,7 +175,7 @@ def _whiten(model: nn.Module, data: Data, cfg: TrainConfig, ctx: distributed.Dis
     under torchrun every process starts from rank 0's filters, the EMA copy included."""
     for x, *_ in data.train(torch.Generator().manual_seed(cfg.seed), 0):
         if len(x):  # a DataLoader batch of unreadable images only is empty
-            n = whiten_first_conv(model, x.to(next(model.parameters()).device))
+            n = whiten_first_conv(model, x.to(data.device))
             log(f"first conv: {n} filters whiten the 3x3 patches of {len(x)} training crops")
             break
     else:
