@@ -22,7 +22,7 @@ from train.data import load_splits
 from train.distributed import Dist
 from train.loop import train
 from train.models import ARCHS, build_model
-from train.optim import apply_freeze, param_groups
+from train.optim import apply_freeze, make_optimizer, make_scheduler, param_groups
 from train.recipes import mix_batch
 from train.store import ImageStore
 
@@ -133,6 +133,27 @@ def test_freeze_and_discriminative_learning_rates():
         assert group["weight_decay"] == (1e-4 if group["params"][0].ndim > 1 else 0.0)
     apply_freeze(model, "all-but-head")
     assert {id(p) for p in model.parameters() if p.requires_grad} == head
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_schedule_warms_up_then_decays_as_named(schedule):
+    model = torch.nn.Linear(2, 2)
+    cfg = TrainConfig(dataset="folder", data_dir=".", arch="alexnet_cifar", epochs=4, lr=0.1,
+                      warmup_fraction=0.25, schedule=schedule)
+    optimizer = make_optimizer(cfg, model, torch.device("cpu"))
+    scheduler = make_scheduler(cfg, optimizer, steps=25)  # 100 steps, 25 of warm-up
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.1 / 25) and lrs[24] == pytest.approx(0.1)
+    assert all(a < b for a, b in zip(lrs[:24], lrs[1:25]))
+    tail = lrs[25:]
+    progress = [(s - 25) / 75 for s in range(25, 100)]
+    expected = {"cosine": [0.05 * (1 + np.cos(np.pi * p)) for p in progress],
+                "linear": [0.1 * (1 - p) for p in progress], "constant": [0.1] * 75}[schedule]
+    assert tail == pytest.approx(expected)
 
 
 def test_frozen_features_do_not_change_in_training(tiny_folder, tmp_path, torch_home):

@@ -49,7 +49,7 @@ def _recipes_help() -> str:
 @click.option("--dropout", type=float, help="Dropout before the hidden fully connected layers [default: " + ", ".join(
     f"{spec.dropout} {name}" for name, spec in ARCHS.items()) + "].")
 @click.option("--schedule", default=D["schedule"], show_default=True, type=click.Choice(SCHEDULES),
-              help="After a linear warmup of --warmup-fraction of the steps.")
+              help="After a linear warmup of --warmup-fraction of the steps: decay to zero along a half cosine or a line, or none.")
 @click.option("--warmup-fraction", default=D["warmup_fraction"], show_default=True, type=float)
 @click.option("--limit-train", type=int, help="Train on a seeded, class-balanced subset of N images.")
 @click.option("--val-fraction", default=D["val_fraction"], show_default=True, type=float,

@@ -52,7 +52,7 @@ ARCHS = {
 
 DATASETS = ("cifar10", "flowers", "folder")
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "linear", "constant")  # after the warm-up: to zero along a half cosine or a line, or flat
 DEVICES = ("auto", "cpu", "cuda")
 FREEZE = ("none", "features", "all-but-head")
 CACHES = ("auto", "none", "memory")

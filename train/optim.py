@@ -1,5 +1,5 @@
 """Which weights train and how fast: freezing, discriminative learning rates, no decay on norms
-and biases, the optimizer and the warmup + cosine schedule."""
+and biases, the optimizer and the warmup + cosine/linear schedule."""
 
 from __future__ import annotations
 
@@ -62,7 +62,9 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: in
             return (step + 1) / warmup
         if cfg.schedule == "constant":
             return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if cfg.schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
