@@ -1,4 +1,5 @@
-"""Many processes under torchrun: DDP setup, rank-0-only side effects, metric all-reduce.
+"""Many processes under torchrun: DDP setup, rank-0-only side effects, metric all-reduce, rank 0's
+values broadcast.
 
 `torchrun --nproc_per_node=N train-alexnet ...` sets RANK/WORLD_SIZE/LOCAL_RANK; without them a
 run is a single process and everything here is a no-op. CUDA runs use NCCL, CPU runs gloo.
@@ -45,6 +46,12 @@ def all_sum(values: list[float], ctx: Dist) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def broadcast_from_main(tensor: torch.Tensor, ctx: Dist) -> None:
+    """Overwrite `tensor` in place on every process with rank 0's values."""
+    if ctx.enabled:
+        dist.broadcast(tensor, 0)
 
 
 def barrier(ctx: Dist) -> None:

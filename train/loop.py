@@ -180,10 +180,7 @@ def _whiten(model: nn.Module, data: Data, cfg: TrainConfig, ctx: distributed.Dis
             break
     else:
         raise DataError(f"{cfg.data_dir}: no readable training image to compute --init whiten from")
-    if ctx.enabled:
-        import torch.distributed as dist
-
-        dist.broadcast(first_conv(model).weight.data, 0)
+    distributed.broadcast_from_main(first_conv(model).weight.data, ctx)
 
 
 def _end_epoch(run: Run, row: dict[str, Any]) -> dict[str, Any]:
