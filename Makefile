@@ -65,7 +65,7 @@ bench-camera: install
 	$(BIN)/python benchmarks/camera_photos.py --src $(PHOTOS) --out $(CAMERA) --per-class 40
 	$(BIN)/python benchmarks/decode_agreement.py --model $(MODEL) --dir $(CAMERA)/12mp --dir $(CAMERA)/2mp
 	$(BIN)/python benchmarks/predict_throughput.py --dir $(CAMERA)/12mp --model $(MODEL) \
-		--decode exact --decode fast --limit 100 --repeats 1
+		--decode exact --decode fast --limit 200 --repeats 1
 	$(BIN)/python benchmarks/predict_cold_start.py --no-torch --model $(MODEL) --decode exact --decode fast \
 		--image "$$(find $(CAMERA)/12mp -name '*.jpg' | sort | head -1)" --repeats 7
 
