@@ -14,7 +14,7 @@ from PIL import Image
 from runtime import Predictor
 from runtime.cli import main
 from runtime.errors import ImageError, UsageError
-from runtime.image import FAST_DECODE_FACTOR, decode, opened
+from runtime.image import ALLOWED_FORMATS, FAST_DECODE_FACTOR, decode, opened
 
 
 def photo(size=(1200, 900), seed=0) -> Image.Image:
@@ -90,10 +90,17 @@ def test_fast_applies_exif_orientation(predictors, tmp_path, orientation):
 def test_fast_equals_exact_where_there_is_nothing_to_reduce(predictors, tmp_path):
     exact, fast = predictors
     small = save_jpeg(photo((100, 90)), tmp_path / "small.jpg")  # shorter side < 2 x min side
-    png = tmp_path / "big.png"
-    photo().save(png)  # not a JPEG: decoded exactly
-    for path in (small, png):
-        np.testing.assert_array_equal(fast.preprocess(path), exact.preprocess(path))
+    np.testing.assert_array_equal(fast.preprocess(small), exact.preprocess(small))
+
+
+@pytest.mark.parametrize("fmt", [f for f in ALLOWED_FORMATS if f != "JPEG"])
+def test_fast_decodes_every_other_format_of_the_policy_exactly(predictors, tmp_path, fmt):
+    exact, fast = predictors
+    path = tmp_path / f"big.{fmt.lower()}"
+    photo().save(path, fmt)  # large enough that a JPEG would be reduced
+    x_fast = fast.preprocess(path)
+    assert np.isfinite(x_fast).all()
+    np.testing.assert_array_equal(x_fast, exact.preprocess(path))
 
 
 def test_fast_refuses_corrupt_jpegs_in_one_line(predictors, tmp_path):
