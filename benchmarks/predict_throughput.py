@@ -7,7 +7,9 @@ with one decoding process per core side by side. With both halves sharing the co
 img/s cannot exceed 1 / (model s/img + one core's decode s/img / cores): the ceiling. The
 side-by-side decode rate, printed with its scaling over one core, shows how far the cores
 themselves fall short of that on a virtual machine (on a noisy one, it is too noisy to serve as
-the ceiling: runs have beaten it).
+the ceiling: runs have beaten it). Given both decode modes, it ends with each model's fast / exact
+ratio end to end beside the ratio of the two ceilings, the most fast can gain with both halves
+fully used.
 
     python benchmarks/predict_throughput.py --dir ../shared/data/flowers/train \
         --model m.onnx --model m.int8.onnx [--decode exact --decode fast] [--limit 1000] [--repeats 2]
