@@ -30,7 +30,7 @@ demo: install
 	$(BIN)/train-alexnet --dataset cifar10 --data-dir "$(ALEXNET_DATA_DIR)" --arch alexnet_cifar \
 		--epochs $(DEMO_EPOCHS) --limit-train $(DEMO_LIMIT) --val-fraction 0.02 --out $(DEMO_OUT)
 	$(BIN)/export-onnx $(DEMO_OUT)/best.pt -o $(DEMO_OUT)/model.onnx --report $(DEMO_OUT)/parity.json --force
-	$(BIN)/python -m train.demo_images --data-dir "$(ALEXNET_DATA_DIR)" --out $(DEMO_OUT)/test-images
+	$(BIN)/python -m alexnet_onnx.train.demo_images --data-dir "$(ALEXNET_DATA_DIR)" --out $(DEMO_OUT)/test-images
 	$(BIN)/onnx-predict -m $(DEMO_OUT)/model.onnx --top-k 3 $$(cat $(DEMO_OUT)/test-images/samples.txt)
 	$(BIN)/onnx-predict -m $(DEMO_OUT)/model.onnx --eval "$$(cat $(DEMO_OUT)/test-images/root.txt)"
 	@echo "artifacts: $(DEMO_OUT)/ (best.pt last.pt metrics.json curves.png model.onnx parity.json)"

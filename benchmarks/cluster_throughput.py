@@ -69,7 +69,7 @@ def main() -> None:
 
 def driver_rates(list_dir: Path) -> None:
     """The driver's serial work per row: listing inputs and writing rows (parts, then the merge)."""
-    from runtime.cluster import Output, list_sources
+    from alexnet_onnx.runtime.cluster import Output, list_sources
 
     start = time.perf_counter()
     sources, _ = list_sources([str(list_dir)], lambda n: None)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import Predictor
-from runtime.image import IMAGE_SUFFIXES, decode, opened
-from runtime.preprocess import preprocess
+from alexnet_onnx.runtime import Predictor
+from alexnet_onnx.runtime.image import IMAGE_SUFFIXES, decode, opened
+from alexnet_onnx.runtime.preprocess import preprocess
 
 
 def prepared(path: Path, spec, min_side: int | None) -> tuple[np.ndarray, float]:

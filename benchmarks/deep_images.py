@@ -54,7 +54,7 @@ def main() -> None:
         first = make(kind, folder / "0")
         for i in range(1, args.count):
             (folder / f"{i}{first.suffix}").write_bytes(first.read_bytes())
-        cmd = [sys.executable, "-m", "runtime.cli", "-m", str(args.model)]
+        cmd = [sys.executable, "-m", "alexnet_onnx.runtime.cli", "-m", str(args.model)]
         one = run_measured([*cmd, str(first)], timeout=600)
         many = run_measured([*cmd, str(folder)], timeout=1200)
         if one[0] != 0 or many[0] != 0:

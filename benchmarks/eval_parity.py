@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.onnx_export import model_from_checkpoint
-from runtime import Predictor
-from runtime.evaluate import class_folders
-from runtime.inputs import walk_images
-from runtime.session import available_cores
+from alexnet_onnx.export.onnx_export import model_from_checkpoint
+from alexnet_onnx.runtime import Predictor
+from alexnet_onnx.runtime.evaluate import class_folders
+from alexnet_onnx.runtime.inputs import walk_images
+from alexnet_onnx.runtime.session import available_cores
 
 
 def main() -> None:

@@ -48,7 +48,7 @@ def main() -> None:
     failures = []
 
     def through_cli(kind: str) -> None:
-        cmd = [sys.executable, "-m", "runtime.cli", "-m", str(path), str(args.image)]
+        cmd = [sys.executable, "-m", "alexnet_onnx.runtime.cli", "-m", str(path), str(args.image)]
         code, seconds, mib = run_measured(cmd, args.max_seconds * 4)
         entry = cli[kind]
         entry[0] += 1

@@ -23,8 +23,8 @@ TORCH_SCRIPT = """
 import sys, torch
 from PIL import Image
 from torchvision import transforms as T
-from train.models import build_model
-from runtime.contract import Contract
+from alexnet_onnx.train.models import build_model
+from alexnet_onnx.runtime.contract import Contract
 ckpt = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
 c = Contract.from_metadata(ckpt["contract"])
 model = build_model(c.arch, c.num_classes); model.load_state_dict(ckpt["model"]); model.eval()
@@ -39,13 +39,13 @@ i = int(probs.argmax()); print(sys.argv[2], c.labels[i], float(probs[i]))
 PHASES_SCRIPT = """
 import sys, time, json
 t = [time.perf_counter()]
-import click, runtime.cli; t.append(time.perf_counter())
+import click, alexnet_onnx.runtime.cli; t.append(time.perf_counter())
 import numpy, PIL.Image; t.append(time.perf_counter())
 import onnxruntime; t.append(time.perf_counter())
-import runtime.predictor, runtime.classify; t.append(time.perf_counter())
+import alexnet_onnx.runtime.predictor, alexnet_onnx.runtime.classify; t.append(time.perf_counter())
 from pathlib import Path
-runtime.predictor.open_model(Path(sys.argv[1]), reference_weights=True).close(); t.append(time.perf_counter())
-p = runtime.predictor.Predictor(sys.argv[1], few_images=True); t.append(time.perf_counter())
+alexnet_onnx.runtime.predictor.open_model(Path(sys.argv[1]), reference_weights=True).close(); t.append(time.perf_counter())
+p = alexnet_onnx.runtime.predictor.Predictor(sys.argv[1], few_images=True); t.append(time.perf_counter())
 x = p.preprocess(sys.argv[2]); t.append(time.perf_counter())
 p.predict([x]); t.append(time.perf_counter())
 print(json.dumps([b - a for a, b in zip(t, t[1:])]))

@@ -84,7 +84,7 @@ def main() -> None:
 
 
 def _decode_share(files: list[Path], model: Path, mode: str, barrier, out) -> None:
-    from runtime.predictor import Predictor
+    from alexnet_onnx.runtime.predictor import Predictor
 
     p = Predictor(model, threads=1, few_images=True, decode=mode)
     p.preprocess(files[0])
@@ -119,8 +119,8 @@ def model_seconds(model: Path, batch: int) -> float:
     """Median seconds per image for onnxruntime on random batches, as onnx-predict runs it."""
     import numpy as np
 
-    from export.report import median_seconds
-    from runtime.predictor import Predictor
+    from alexnet_onnx.export.report import median_seconds
+    from alexnet_onnx.runtime.predictor import Predictor
 
     p = Predictor(model)
     crop = p.contract.preprocess.crop

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from runtime.preprocess import crop_box, resized_size
+from alexnet_onnx.runtime.preprocess import crop_box, resized_size
 
 FORMATS = {"png": "PNG", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF"}
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.report import median_seconds
-from runtime.session import create_session
+from alexnet_onnx.export.report import median_seconds
+from alexnet_onnx.runtime.session import create_session
 
 
 def main() -> None:

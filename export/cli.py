@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from runtime.cliutil import Command, debug_option, run
+from alexnet_onnx.runtime.cliutil import Command, debug_option, run
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from runtime.contract import Contract
+from alexnet_onnx.runtime.contract import Contract
 
-from train.checkpoint import load_checkpoint
-from train.evaluation import shipped_from_checkpoint
+from alexnet_onnx.train.checkpoint import load_checkpoint
+from alexnet_onnx.train.evaluation import shipped_from_checkpoint
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from runtime.predictor import softmax
+from alexnet_onnx.runtime.predictor import softmax
 
 FP32_MAX_ABS_DIFF = 1e-4
 DEFAULT_MAX_DROP_PP = 1.0

@@ -10,17 +10,17 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from runtime.contract import Contract, package_version
-from runtime.errors import DataError, ImageError, ModelError, UsageError
-from runtime.image import load_image
-from runtime.inputs import walk_images
-from runtime.preprocess import preprocess
-from runtime.session import create_session
+from alexnet_onnx.runtime.contract import Contract, package_version
+from alexnet_onnx.runtime.errors import DataError, ImageError, ModelError, UsageError
+from alexnet_onnx.runtime.image import load_image
+from alexnet_onnx.runtime.inputs import walk_images
+from alexnet_onnx.runtime.preprocess import preprocess
+from alexnet_onnx.runtime.session import create_session
 
-from runtime.atomic import atomic_write
-from train.checkpoint import sha256_file
-from train.config import TrainConfig
-from train.data import load_splits
+from alexnet_onnx.runtime.atomic import atomic_write
+from alexnet_onnx.train.checkpoint import sha256_file
+from alexnet_onnx.train.config import TrainConfig
+from alexnet_onnx.train.data import load_splits
 
 from .onnx_export import model_from_checkpoint, set_contract, to_onnx
 from .parity import VariantReport, VerifySet, compare, onnx_logits, random_inputs, torch_logits

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from runtime.session import available_cores, create_session
+from alexnet_onnx.runtime.session import available_cores, create_session
 
 _COLUMNS = [
     ("variant", "variant", "{}"),

@@ -1,6 +1,6 @@
 """Torch-free runtime: the contract, the image policy, the exact preprocessing and the Predictor.
 
-`from runtime import Predictor` imports onnxruntime only when a Predictor is created.
+`from alexnet_onnx.runtime import Predictor` imports onnxruntime only when a Predictor is created.
 """
 
 from __future__ import annotations
@@ -23,4 +23,4 @@ def __getattr__(name: str) -> Any:
         from . import contract
 
         return getattr(contract, name)
-    raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+    raise AttributeError(f"module 'alexnet_onnx.runtime' has no attribute {name!r}")

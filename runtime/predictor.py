@@ -1,6 +1,6 @@
 """Predictor: one onnxruntime session plus the contract read from the model itself.
 
-    from runtime import Predictor
+    from alexnet_onnx.runtime import Predictor
     p = Predictor("model.onnx")
     for pred in p.predict(["cat.jpg", "dog.png"], top_k=3):
         print(pred.label, pred.score)

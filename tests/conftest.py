@@ -82,8 +82,8 @@ def tiny_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tiny_folder, tmp_path_factory) -> Path:
     """train-alexnet on the tiny folder: 2 epochs of alexnet_cifar; returns its --out dir."""
-    from train.config import TrainConfig
-    from train.loop import train
+    from alexnet_onnx.train.config import TrainConfig
+    from alexnet_onnx.train.loop import train
 
     out = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(dataset="folder", data_dir=str(tiny_folder), arch="alexnet_cifar", epochs=2,
@@ -94,7 +94,7 @@ def trained_run(tiny_folder, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def exported_model(trained_run) -> Path:
-    from export.pipeline import export_checkpoint
+    from alexnet_onnx.export.pipeline import export_checkpoint
 
     path = trained_run / "model.onnx"
     if not path.exists():

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.contract import Preprocess
-from runtime.errors import ImageError, ModelError
-from runtime.image import decode, load_image, opened
-from runtime.modelfile import MAX_REFERENCING_COPY, open_model
-from runtime.preprocess import preprocess
+from alexnet_onnx.runtime.contract import Preprocess
+from alexnet_onnx.runtime.errors import ImageError, ModelError
+from alexnet_onnx.runtime.image import decode, load_image, opened
+from alexnet_onnx.runtime.modelfile import MAX_REFERENCING_COPY, open_model
+from alexnet_onnx.runtime.preprocess import preprocess
 
 SPEC = Preprocess(resize=36, crop=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 # What the walker may allocate beyond its O(number of initializers) result, whatever the input.

@@ -33,7 +33,7 @@ def start(*args: str) -> subprocess.Popen:
 
 
 def rows_of(path: Path) -> list[dict]:
-    from runtime.cluster import iter_rows
+    from alexnet_onnx.runtime.cluster import iter_rows
 
     return list(iter_rows(path))
 
@@ -225,7 +225,7 @@ def test_two_node_cluster_classifies_and_evaluates_on_both_nodes(exported_model,
 def test_output_streams_back_every_row_in_order_across_batches(tmp_path, suffix):
     """OUT is read a batch at a time (10,000 rows for Parquet): rows come back whole and in order
     across batch and part boundaries, error rows with only their fields."""
-    from runtime.cluster import Output, iter_rows
+    from alexnet_onnx.runtime.cluster import Output, iter_rows
 
     out = Output(tmp_path / f"rows{suffix}")
     good = [{"path": f"/p/{i}.jpg", "label": "a", "score": 0.5, "top_k": [{"label": "a", "score": 0.5}]}

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from runtime.contract import CONTRACT_VERSION, Contract, ContractError, Preprocess
+from alexnet_onnx.runtime.contract import CONTRACT_VERSION, Contract, ContractError, Preprocess
 
 
 def make_contract(**changes) -> Contract:

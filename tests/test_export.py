@@ -7,8 +7,8 @@ import torch
 from click.testing import CliRunner
 
 from conftest import bad_checkpoint
-from export.cli import main
-from runtime.contract import Contract
+from alexnet_onnx.export.cli import main
+from alexnet_onnx.runtime.contract import Contract
 
 
 def run_export(*args):
@@ -54,9 +54,9 @@ def test_existing_output_needs_force(trained_run, tmp_path):
 
 
 def test_failed_parity_gate_writes_nothing(trained_run, tmp_path, monkeypatch):
-    import export.parity
+    from alexnet_onnx.export import parity
 
-    monkeypatch.setattr(export.parity, "FP32_MAX_ABS_DIFF", -1.0)
+    monkeypatch.setattr(parity, "FP32_MAX_ABS_DIFF", -1.0)
     out, report = tmp_path / "m.onnx", tmp_path / "r.json"
     result = run_export(trained_run / "best.pt", "-o", out, "--report", report)
     assert result.exit_code == 3 and "fp32 failed the gate" in result.stderr
@@ -90,8 +90,8 @@ def test_missing_checkpoint(tmp_path):
 
 
 def test_alexnet_224_exports_with_parity(tmp_path, tiny_folder):
-    from train.config import TrainConfig
-    from train.loop import train
+    from alexnet_onnx.train.config import TrainConfig
+    from alexnet_onnx.train.loop import train
 
     cfg = TrainConfig(dataset="folder", data_dir=str(tiny_folder), arch="alexnet", epochs=1, batch_size=8,
                       limit_train=6, val_fraction=0.1, out=str(tmp_path / "run"), lr=0.001)

@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from runtime import Predictor
-from runtime.cli import main
-from runtime.errors import ImageError, UsageError
-from runtime.image import ALLOWED_FORMATS, FAST_DECODE_FACTOR, decode, opened
+from alexnet_onnx.runtime import Predictor
+from alexnet_onnx.runtime.cli import main
+from alexnet_onnx.runtime.errors import ImageError, UsageError
+from alexnet_onnx.runtime.image import ALLOWED_FORMATS, FAST_DECODE_FACTOR, decode, opened
 
 
 def photo(size=(1200, 900), seed=0) -> Image.Image:

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import bad_checkpoint, make_image_folder, png_header_only, sigint_as_ctrl_c
-from runtime.atomic import PAUSE_IN_WRITE_ENV
-from train.cli import main as train_main
+from alexnet_onnx.runtime.atomic import PAUSE_IN_WRITE_ENV
+from alexnet_onnx.train.cli import main as train_main
 
 BIN = Path(sys.executable).parent
 
@@ -166,7 +166,7 @@ def test_bad_images_in_training_data_are_skipped_and_counted(tmp_path):
 def test_model_with_external_data_is_refused(exported_model, tmp_path):
     import onnx
 
-    from runtime.cli import main as predict_main
+    from alexnet_onnx.runtime.cli import main as predict_main
 
     model = onnx.load(str(exported_model))
     onnx.save_model(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="weights.bin",

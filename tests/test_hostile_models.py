@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 
 from conftest import ROOT, make_image, proto
 from fuzzing import MUTATIONS, check_model_file, mutate
-from runtime import Predictor
-from runtime.cli import main
-from runtime.errors import ModelError
-from runtime.modelfile import open_model
+from alexnet_onnx.runtime import Predictor
+from alexnet_onnx.runtime.cli import main
+from alexnet_onnx.runtime.errors import ModelError
+from alexnet_onnx.runtime.modelfile import open_model
 
 onnx = pytest.importorskip("onnx")  # the attack files are built with onnx ([train]/[dev] extras)
 from onnx import TensorProto, helper  # noqa: E402
@@ -36,7 +36,7 @@ CONTROL = [chr(c) for c in range(0x20) if c != 0x20] + ["\x7f", "\x9b", "\u2028"
 def cli(*args, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
     """onnx-predict in a fresh process (what a terminal sees, onnxruntime's own C++ output included);
     a hang fails the test instead of blocking the suite."""
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "alexnet_onnx.runtime.cli", *map(str, args)], capture_output=True,
                           text=True, cwd=ROOT, timeout=timeout, errors="surrogateescape", **kwargs)
 
 
@@ -180,7 +180,7 @@ def test_the_model_is_the_only_file_opened(exported_model, images, tmp_path):
             log = tmp_path / "strace.log"
             proc = subprocess.run(  # -y: each returned descriptor with the file it really is
                 ["strace", "-f", "-qq", "-y", "-e", "trace=open,openat,openat2", "-o", str(log),
-                 sys.executable, "-m", "runtime.cli", "-m", str(model), *map(str, inputs)],
+                 sys.executable, "-m", "alexnet_onnx.runtime.cli", "-m", str(model), *map(str, inputs)],
                 capture_output=True, text=True, cwd=ROOT, timeout=120)
             assert proc.returncode == code, proc.stderr
             opened = {_opened(line) for line in log.read_text().splitlines() if '"' in line}
@@ -200,7 +200,7 @@ def test_a_reference_the_walk_missed_still_cannot_resolve(exported_model, tmp_pa
     """Defence in depth: onnxruntime is handed the checked descriptor (/proc/self/fd/N), so even
     with the walk's external-data check switched off, a reference beside the model resolves
     nowhere and onnxruntime refuses it."""
-    from runtime import protowalk
+    from alexnet_onnx.runtime import protowalk
 
     model = load(exported_model)
     with_external("constant", model)
@@ -255,7 +255,7 @@ def test_malformed_files_are_refused_at_once_in_bounded_memory(tmp_path, content
 
 
 def test_deep_nesting_is_refused():
-    from runtime.protowalk import Malformed, scan_model
+    from alexnet_onnx.runtime.protowalk import Malformed, scan_model
 
     inner = b""
     for _ in range(30):  # 90 levels: graph -> node -> attribute -> graph ...

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.errors import ImageError
-from runtime.image import MAX_PIXELS, load_image
+from alexnet_onnx.runtime.errors import ImageError
+from alexnet_onnx.runtime.image import MAX_PIXELS, load_image
 
 from conftest import MODES, SAVE_AS, png_header_only, rgba_image
 
@@ -128,7 +128,7 @@ def test_missing_file_and_directory(tmp_path):
 
 # -- memory: a budget in bytes, conversions in bands ----------------------------------------------
 
-from runtime import image as image_module  # noqa: E402
+from alexnet_onnx.runtime import image as image_module  # noqa: E402
 
 
 def _reference_policy(im: Image.Image) -> np.ndarray:
@@ -216,7 +216,7 @@ def test_files_larger_than_the_budget_are_refused_before_they_are_read(tmp_path,
     with pytest.raises(ImageError, match=r"big.png: the file is 0 MiB, more than the 0 MiB an image may be"):
         image_module.read_file(path, str(path))
     pytest.importorskip("pyarrow", reason="the cluster extra is not installed: pip install '.[cluster]'")
-    from runtime.cluster import _read
+    from alexnet_onnx.runtime.cluster import _read
 
     with pytest.raises(ImageError, match=r"the file is 0 MiB, more than the 0 MiB an image may be"):
         _read(path.as_uri(), path.as_uri())

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import ROOT, make_image
-from runtime import Predictor
-from runtime.errors import ModelError
-from runtime.cli import main
+from alexnet_onnx.runtime import Predictor
+from alexnet_onnx.runtime.errors import ModelError
+from alexnet_onnx.runtime.cli import main
 
 
 def predict(*args):
@@ -166,7 +166,7 @@ def test_usage_errors_are_one_line_and_exit_2(exported_model, tmp_path, command,
 def test_training_commands_without_torch_say_what_to_install(tmp_path, command):
     """The torch-free install has the console scripts too: without torch they say, in one line,
     which extra to install (exit 2), instead of a traceback or 'a bug'."""
-    module = {"train-alexnet": "train.cli", "export-onnx": "export.cli"}[command]
+    module = {"train-alexnet": "alexnet_onnx.train.cli", "export-onnx": "alexnet_onnx.export.cli"}[command]
     args = (["--dataset", "cifar10", "--data-dir", str(tmp_path), "--arch", "alexnet_cifar", "--epochs", "1"]
             if command == "train-alexnet" else [str(tmp_path / "best.pt"), "-o", str(tmp_path / "m.onnx")])
     script = (f"import sys; sys.modules['torch'] = None; sys.argv[0] = {command!r}\n"
@@ -206,7 +206,7 @@ def test_weights_are_read_from_the_model_file_itself(exported_model, tmp_path, m
     copy); the logits equal an ordinary load's, through a symlink, in a non-ASCII folder, from any cwd."""
     import onnxruntime as ort
 
-    from runtime.modelfile import open_model
+    from alexnet_onnx.runtime.modelfile import open_model
 
     folder = tmp_path / "mödels dir"
     folder.mkdir()
@@ -230,7 +230,7 @@ def test_weights_are_read_from_the_model_file_itself(exported_model, tmp_path, m
 def test_output_into_closed_pipe_has_no_traceback(exported_model, photos):
     many = [str(photos / "a cat.png")] * 200
     proc = subprocess.run(
-        f"{sys.executable} -m runtime.cli -m {exported_model} {' '.join(repr(m) for m in many)} | head -1",
+        f"{sys.executable} -m alexnet_onnx.runtime.cli -m {exported_model} {' '.join(repr(m) for m in many)} | head -1",
         shell=True, capture_output=True, text=True, cwd=ROOT,
     )
     assert len(proc.stdout.splitlines()) == 1 and "Traceback" not in proc.stderr and "Error" not in proc.stderr
@@ -241,7 +241,7 @@ def test_command_writes_all_output_before_its_quick_exit(exported_model, photos,
     args = ["-m", str(exported_model), "--format", "json", str(photos), str(tmp_path / "missing.jpg")]
     out = tmp_path / "preds.jsonl"
     with open(out, "w") as f:  # a file: block-buffered, lost if not flushed
-        proc = subprocess.run([sys.executable, "-m", "runtime.cli", *args], stdout=f, stderr=subprocess.PIPE,
+        proc = subprocess.run([sys.executable, "-m", "alexnet_onnx.runtime.cli", *args], stdout=f, stderr=subprocess.PIPE,
                               text=True, cwd=ROOT)
     assert proc.returncode == 1 and "missing.jpg" in out.read_text()  # JSON reports failures in line
     assert out.read_text() == predict(*args).stdout and len(out.read_text().splitlines()) == 4
@@ -253,7 +253,7 @@ def test_model_changed_while_loading_is_never_misread(exported_model, tmp_path, 
     is refused, on both load paths: the weights never come from bytes that were not checked."""
     import onnx
 
-    from runtime import modelfile, predictor
+    from alexnet_onnx.runtime import modelfile, predictor
 
     path = tmp_path / "m.onnx"
     shutil.copy(exported_model, path)
@@ -299,7 +299,7 @@ def test_long_lived_predictor_keeps_its_own_copy_of_the_weights(exported_model, 
 
 
 def test_duplicate_raw_data_follows_protobuf_last_one_wins():
-    from runtime.protowalk import scan_model
+    from alexnet_onnx.runtime.protowalk import scan_model
 
     from conftest import proto
 

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from fuzzing import check_decodes  # the one definition of the property
-from runtime import Predictor
-from runtime.cli import main
+from alexnet_onnx.runtime import Predictor
+from alexnet_onnx.runtime.cli import main
 from conftest import MODES, ROOT, SAVE_AS
 
 
@@ -158,6 +158,6 @@ def test_corrupt_exif_is_classified_without_warning_noise(exported_model, tmp_pa
     data[at:at + 2] = b"\xff\x00"
     bad = tmp_path / "bad_exif.jpg"
     bad.write_bytes(bytes(data))
-    proc = subprocess.run([sys.executable, "-m", "runtime.cli", "-m", str(exported_model), str(bad)],
+    proc = subprocess.run([sys.executable, "-m", "alexnet_onnx.runtime.cli", "-m", str(exported_model), str(bad)],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.startswith(str(bad)) and proc.stderr == ""

@@ -5,10 +5,10 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED_DATA, needs_shared_data
-from runtime.contract import Preprocess
-from runtime.image import load_image
-from runtime.preprocess import preprocess, resized_size
-from train.models import ARCHS
+from alexnet_onnx.runtime.contract import Preprocess
+from alexnet_onnx.runtime.image import load_image
+from alexnet_onnx.runtime.preprocess import preprocess, resized_size
+from alexnet_onnx.train.models import ARCHS
 
 TOL = 1e-6
 SPECS = [ARCHS["alexnet"].preprocess, ARCHS["alexnet_cifar"].preprocess, Preprocess(resize=71, crop=64, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4))]

@@ -7,9 +7,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from export.cli import main
-from export.parity import VerifySet, compare
-from runtime import Predictor
+from alexnet_onnx.export.cli import main
+from alexnet_onnx.export.parity import VerifySet, compare
+from alexnet_onnx.runtime import Predictor
 
 
 def run_export(*args):
@@ -68,9 +68,9 @@ def broken_int8(fp32: bytes, calibration, method="minmax") -> bytes:
 
 
 def test_variant_over_max_drop_is_refused_and_not_written(trained_run, tiny_folder, tmp_path, monkeypatch):
-    import export.quantize
+    from alexnet_onnx.export import quantize
 
-    monkeypatch.setattr(export.quantize, "quantize_int8", broken_int8)
+    monkeypatch.setattr(quantize, "quantize_int8", broken_int8)
     out = tmp_path / "m.onnx"
     args = [trained_run / "best.pt", "-o", out, "--quantize", "int8", "--calib-dir", tiny_folder / "train",
             "--verify-dir", tiny_folder / "test"]
@@ -82,9 +82,9 @@ def test_variant_over_max_drop_is_refused_and_not_written(trained_run, tiny_fold
 
 
 def test_quantize_all_keeps_the_passing_variants(trained_run, tiny_folder, tmp_path, monkeypatch):
-    import export.quantize
+    from alexnet_onnx.export import quantize
 
-    monkeypatch.setattr(export.quantize, "quantize_int8", broken_int8)
+    monkeypatch.setattr(quantize, "quantize_int8", broken_int8)
     out = tmp_path / "m.onnx"
     result = run_export(trained_run / "best.pt", "-o", out, "--quantize", "all", "--calib-dir", tiny_folder / "train",
                         "--verify-dir", tiny_folder / "test")
@@ -133,7 +133,7 @@ def test_each_calibration_method_calibrates_differently(exported_model, tiny_fol
     import onnx
     from onnx import numpy_helper
 
-    from export.quantize import CALIBRATION_METHODS, quantize_int8
+    from alexnet_onnx.export.quantize import CALIBRATION_METHODS, quantize_int8
 
     p = Predictor(exported_model)
     calib = np.stack([p.preprocess(f) for f in sorted((tiny_folder / "train").glob("*/*.png"))[:24]])

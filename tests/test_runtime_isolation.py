@@ -14,13 +14,13 @@ FORBIDDEN = ("torch", "torchvision", "onnx")
 SCRIPT = """
 import sys
 from click.testing import CliRunner
-from runtime.cli import main
-from runtime import Predictor
+from alexnet_onnx.runtime.cli import main
+from alexnet_onnx.runtime import Predictor
 result = CliRunner().invoke(main, ["-m", sys.argv[1], "--format", "json", sys.argv[2]])
 assert result.exit_code == 0, result.output
 p = Predictor(sys.argv[1])
 p.predict([sys.argv[2]])
-import runtime.classify, runtime.evaluate, runtime.inputs, runtime.image, runtime.preprocess, runtime.contract, runtime.cluster
+import alexnet_onnx.runtime.classify, alexnet_onnx.runtime.evaluate, alexnet_onnx.runtime.inputs, alexnet_onnx.runtime.image, alexnet_onnx.runtime.preprocess, alexnet_onnx.runtime.contract, alexnet_onnx.runtime.cluster
 print(",".join(sorted(m for m in sys.modules if m.split(".")[0] in {forbidden})))
 """
 

@@ -7,11 +7,11 @@ import torch
 from click.testing import CliRunner
 
 from conftest import CIFAR_CLASSES, make_image_folder, write_cifar_pickles
-from train.cli import main
-from train.config import TrainConfig
-from train.data import load_splits
-from train.loop import train
-from train.models import IMAGENET_WEIGHTS_FILE, build_model
+from alexnet_onnx.train.cli import main
+from alexnet_onnx.train.config import TrainConfig
+from alexnet_onnx.train.data import load_splits
+from alexnet_onnx.train.loop import train
+from alexnet_onnx.train.models import IMAGENET_WEIGHTS_FILE, build_model
 
 
 def run_cli(*args):
@@ -89,14 +89,14 @@ def test_pretrained_weights_load_through_torchvision_cache(torch_home):
 
 
 def test_pretrained_offline_without_cache_says_what_to_do(torch_home):
-    from runtime.errors import ModelError
+    from alexnet_onnx.runtime.errors import ModelError
 
     with pytest.raises(ModelError, match=IMAGENET_WEIGHTS_FILE):
         build_model("alexnet", 5, pretrained=True)
 
 
 def test_weights_file_must_be_alexnet(tmp_path):
-    from runtime.errors import ModelError
+    from alexnet_onnx.runtime.errors import ModelError
 
     path = tmp_path / "w.pth"
     torch.save({"something": torch.zeros(3)}, path)

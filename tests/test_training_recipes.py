@@ -13,18 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.image import load_image
-from runtime.preprocess import preprocess
-from train.augment import Augmentation
-from train.batches import Data
-from train.config import TrainConfig
-from train.data import load_splits
-from train.distributed import Dist
-from train.loop import train
-from train.models import ARCHS, build_model
-from train.optim import apply_freeze, make_optimizer, make_scheduler, param_groups
-from train.recipes import mix_batch
-from train.store import ImageStore
+from alexnet_onnx.runtime.image import load_image
+from alexnet_onnx.runtime.preprocess import preprocess
+from alexnet_onnx.train.augment import Augmentation
+from alexnet_onnx.train.batches import Data
+from alexnet_onnx.train.config import TrainConfig
+from alexnet_onnx.train.data import load_splits
+from alexnet_onnx.train.distributed import Dist
+from alexnet_onnx.train.loop import train
+from alexnet_onnx.train.models import ARCHS, build_model
+from alexnet_onnx.train.optim import apply_freeze, make_optimizer, make_scheduler, param_groups
+from alexnet_onnx.train.recipes import mix_batch
+from alexnet_onnx.train.store import ImageStore
 
 BIN = Path(sys.executable).parent
 
@@ -87,8 +87,8 @@ def test_resume_is_exact_for_both_input_pipelines(tiny_folder, tmp_path, cache):
 def test_ema_and_tta_are_what_gets_validated_and_exported(tiny_folder, tmp_path):
     import onnxruntime as ort
 
-    from export.pipeline import export_checkpoint
-    from train.evaluation import FlipAverage
+    from alexnet_onnx.export.pipeline import export_checkpoint
+    from alexnet_onnx.train.evaluation import FlipAverage
 
     train(cfg_for(tiny_folder, tmp_path / "run", ema=0.8, tta=True, cutmix=1.0, cache="memory"), log=lambda m: None)
     ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
@@ -106,7 +106,7 @@ def test_ema_and_tta_are_what_gets_validated_and_exported(tiny_folder, tmp_path)
 @pytest.mark.parametrize("arch", ["alexnet_cifar", "alexnet"])
 def test_dropout_is_the_archs_unless_given(tiny_folder, tmp_path, arch):
     """--dropout sets every Dropout layer of either arch; without it each keeps its own rate."""
-    from runtime.errors import UsageError
+    from alexnet_onnx.runtime.errors import UsageError
 
     def rates(model):
         return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
@@ -173,7 +173,7 @@ def test_frozen_features_do_not_change_in_training(tiny_folder, tmp_path, torch_
 def _torchrun(launchers: list[list[str]], args: list[str]) -> list[str]:
     """Start one torchrun per launcher argument list (together) with `train.cli args`; their stderr."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([str(BIN / "torchrun"), *launcher, "-m", "train.cli", *args], stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([str(BIN / "torchrun"), *launcher, "-m", "alexnet_onnx.train", *args], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).resolve().parent.parent,
                               start_new_session=True) for launcher in launchers]
     outputs = []
@@ -279,7 +279,7 @@ def test_alternating_flip_mirrors_each_image_every_other_epoch_in_both_pipelines
     Each photo says who it is (blue = its number) and whether it was mirrored (red rises with x)."""
     from PIL import Image
 
-    from runtime.errors import UsageError
+    from alexnet_onnx.runtime.errors import UsageError
 
     w, h = (48, 40) if arch == "alexnet_cifar" else (320, 256)
     xs = np.broadcast_to(np.linspace(0, 255, w), (h, w))
@@ -325,7 +325,7 @@ def test_alternating_flip_changes_only_the_flip():
     squares are what a random-flip run draws; the flip depends on the seed and the key."""
     from PIL import Image
 
-    from train.augment import alternating_flips
+    from alexnet_onnx.train.augment import alternating_flips
 
     spec = ARCHS["alexnet_cifar"].preprocess
     keys = torch.arange(1000, 1500)
@@ -350,9 +350,9 @@ def test_whitening_init_decorrelates_the_first_convs_patches(tiny_folder, tmp_pa
     starts (model and EMA) from it; other archs and fine-tuning refuse it."""
     import torch.nn.functional as F
 
-    from runtime.errors import UsageError
-    from train.loop import _build
-    from train.models import whiten_first_conv
+    from alexnet_onnx.runtime.errors import UsageError
+    from alexnet_onnx.train.loop import _build
+    from alexnet_onnx.train.models import whiten_first_conv
 
     torch.manual_seed(0)
     noise = torch.randn(64, 3, 36, 36)
@@ -385,12 +385,12 @@ def test_a_recipe_fills_what_the_command_line_does_not_give(tmp_path, monkeypatc
     given on the command line wins even when it equals the option's default; --help lists it."""
     from click.testing import CliRunner
 
-    import train.loop
-    from train.cli import main as train_main
-    from train.config import DEFAULTS, RECIPES
+    from alexnet_onnx.train import loop
+    from alexnet_onnx.train.cli import main as train_main
+    from alexnet_onnx.train.config import DEFAULTS, RECIPES
 
     seen = []
-    monkeypatch.setattr(train.loop, "train", lambda cfg, resume=False: seen.append(cfg) or {})
+    monkeypatch.setattr(loop, "train", lambda cfg, resume=False: seen.append(cfg) or {})
     result = CliRunner().invoke(train_main, ["--recipe", "cifar10-cpu", "--data-dir", str(tmp_path), "--out",
                                              str(tmp_path / "out"), "--batch-size", "64", "--ema", str(DEFAULTS["ema"])])
     assert result.exit_code == 0, result.output
@@ -405,7 +405,7 @@ def test_a_recipe_fills_what_the_command_line_does_not_give(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("translate", [0, 2, None])
 def test_translate_bounds_the_shift_of_pad_crops(translate):
-    from runtime.errors import UsageError
+    from alexnet_onnx.runtime.errors import UsageError
 
     spec = ARCHS["alexnet_cifar"].preprocess
     aug = Augmentation("pad-crop", spec, translate)
@@ -435,7 +435,7 @@ def test_cutout_sets_one_clipped_square_to_the_mean_in_both_pipelines(arch):
     size distribution (clipped at the edges when the centre lies near one)."""
     from PIL import Image
 
-    from runtime.errors import UsageError
+    from alexnet_onnx.runtime.errors import UsageError
 
     spec = ARCHS[arch].preprocess
     side, n = spec.crop // 2, 200
@@ -472,8 +472,8 @@ def test_precision_is_a_choice_and_bf16_trains(tiny_folder, tmp_path, monkeypatc
     """--precision bf16 runs the forward pass under bf16 autocast (on any CPU; fast with AMX or
     AVX512_BF16) and trains: finite weights that differ from the fp32 run's; auto follows the
     hardware."""
-    from runtime.errors import UsageError
-    from train.evaluation import uses_bf16
+    from alexnet_onnx.runtime.errors import UsageError
+    from alexnet_onnx.train.evaluation import uses_bf16
 
     with pytest.raises(UsageError, match="--precision"):
         cfg_for(tiny_folder, tmp_path, precision="fp8")

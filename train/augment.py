@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from runtime.contract import Preprocess
-from runtime.preprocess import resize_and_crop
+from alexnet_onnx.runtime.contract import Preprocess
+from alexnet_onnx.runtime.preprocess import resize_and_crop
 
 from .config import FLIPS
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from runtime.session import available_cores
+from alexnet_onnx.runtime.session import available_cores
 
 from . import distributed
 from .augment import Augmentation

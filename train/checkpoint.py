@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from runtime.atomic import atomic_write
-from runtime.contract import Contract, ContractError
-from runtime.errors import ModelError, first_line
-from runtime.modelfile import LFS_MAGIC
+from alexnet_onnx.runtime.atomic import atomic_write
+from alexnet_onnx.runtime.contract import Contract, ContractError
+from alexnet_onnx.runtime.errors import ModelError, first_line
+from alexnet_onnx.runtime.modelfile import LFS_MAGIC
 
 REQUIRED_KEYS = ("model", "config", "contract", "epoch")
 

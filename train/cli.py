@@ -9,8 +9,8 @@ from typing import Optional
 
 import click
 
-from runtime.cliutil import Command, debug_option, fail, run
-from runtime.errors import EXIT_INTERRUPTED, UsageError
+from alexnet_onnx.runtime.cliutil import Command, debug_option, fail, run
+from alexnet_onnx.runtime.errors import EXIT_INTERRUPTED, UsageError
 
 from .config import ARCHS, CACHES, DATASETS, DEFAULTS, DEVICES, FLIPS, FREEZE, INITS, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
 

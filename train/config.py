@@ -8,8 +8,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
-from runtime.contract import Preprocess
-from runtime.errors import UsageError
+from alexnet_onnx.runtime.contract import Preprocess
+from alexnet_onnx.runtime.errors import UsageError
 
 
 

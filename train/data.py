@@ -16,9 +16,9 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from runtime.contract import Preprocess
-from runtime.errors import DataError, ImageError
-from runtime.preprocess import preprocess
+from alexnet_onnx.runtime.contract import Preprocess
+from alexnet_onnx.runtime.errors import DataError, ImageError
+from alexnet_onnx.runtime.preprocess import preprocess
 
 from .augment import Augmentation
 from .config import DATASETS

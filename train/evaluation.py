@@ -9,8 +9,8 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
-from runtime.contract import Contract
-from runtime.errors import ModelError, first_line
+from alexnet_onnx.runtime.contract import Contract
+from alexnet_onnx.runtime.errors import ModelError, first_line
 
 from .checkpoint import contract_of, non_finite
 from .config import TrainConfig

@@ -17,8 +17,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from runtime.contract import Contract, package_version
-from runtime.errors import DataError, DivergedError, ModelError, StorageError, first_line
+from alexnet_onnx.runtime.contract import Contract, package_version
+from alexnet_onnx.runtime.errors import DataError, DivergedError, ModelError, StorageError, first_line
 
 from . import distributed
 from .batches import Data

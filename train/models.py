@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.errors import ModelError, first_line
+from alexnet_onnx.runtime.errors import ModelError, first_line
 
 from .config import ARCHS, IMAGENET_WEIGHTS_FILE  # noqa: F401  (re-exported)
 

@@ -14,9 +14,9 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from runtime.errors import DataError
-from runtime.image import load_image
-from runtime.inputs import walk_images
+from alexnet_onnx.runtime.errors import DataError
+from alexnet_onnx.runtime.image import load_image
+from alexnet_onnx.runtime.inputs import walk_images
 
 CIFAR10_DIRNAME = "cifar-10-batches-py"
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"

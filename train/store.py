@@ -19,10 +19,10 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from runtime.contract import Preprocess
-from runtime.errors import ImageError
-from runtime.session import available_cores
-from runtime.preprocess import resize_and_crop
+from alexnet_onnx.runtime.contract import Preprocess
+from alexnet_onnx.runtime.errors import ImageError
+from alexnet_onnx.runtime.session import available_cores
+from alexnet_onnx.runtime.preprocess import resize_and_crop
 
 from .augment import Augmentation
 from .data import Split

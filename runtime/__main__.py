@@ -1,0 +1,5 @@
+"""`python -m alexnet_onnx.runtime ...` is `onnx-predict ...`."""
+
+from .cli import entry
+
+entry()
