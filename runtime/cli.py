@@ -12,6 +12,7 @@ import click
 
 from .cliutil import Command, debug_option, run
 from .errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
+from .progress import Progress
 from .terminal import printable
 
 # Up to this many plain files, start-up time matters more than per-image speed.
@@ -99,19 +100,16 @@ def _predict(predictor, paths, fmt: str, top_k: int, batch_size: int, workers: i
 
     writer = Writer(fmt, sys.stdout, sys.stderr)
     failed = done = 0
-    # Progress only where a person watches stderr while the results go to a file or a pipe.
-    show = sys.stderr.isatty() and not sys.stdout.isatty()
-    start = last = time.monotonic()
+    start = time.monotonic()
     skipped = Skipped()
-    for result in classify(predictor, iter_inputs(paths, skipped), batch_size=batch_size, top_k=top_k, workers=workers):
-        failed += result.error is not None
-        done += 1
-        writer.write(result)
-        if show and time.monotonic() - last > 0.5:
-            last = time.monotonic()
-            click.echo(f"\r{done} images, {done / (last - start):.0f} img/s, {failed} failed", err=True, nl=False)
-    if show and done:
-        click.echo(f"\r{done} images, {failed} failed\033[K", err=True)
+    # Progress only where a person watches stderr while the results go to a file or a pipe.
+    with Progress("images", enabled=not sys.stdout.isatty()) as progress:
+        for result in classify(predictor, iter_inputs(paths, skipped), batch_size=batch_size, top_k=top_k,
+                               workers=workers):
+            failed += result.error is not None
+            done += 1
+            writer.write(result)
+            progress.update(done, f"{done / (time.monotonic() - start):.0f} img/s, {failed} failed")
     sys.stdout.flush()
     if skipped.files:
         click.echo(f"note: {skipped.files} file(s) in the folders have no image suffix and were skipped", err=True)
@@ -124,11 +122,9 @@ def _evaluate(predictor, root: Path, fmt: str, batch_size: int, workers: int) ->
     def on_error(message: str) -> None:
         click.echo(f"error: {printable(message)}", err=True)
 
-    def on_progress(done: int) -> None:
-        if sys.stderr.isatty() and done % 256 == 0:
-            click.echo(f"\r{done} images", err=True, nl=False)
-
-    report = evaluate(predictor, root, batch_size=batch_size, workers=workers, on_error=on_error, on_progress=on_progress)
+    with Progress("images") as progress:
+        report = evaluate(predictor, root, batch_size=batch_size, workers=workers, on_error=on_error,
+                          on_progress=progress.update)
     return _report(report, fmt)
 
 
@@ -173,12 +169,14 @@ def _cluster(model: Path, paths, eval_dir: Path | None, address: str, output: Pa
         with cluster.ray_output_silenced(not debug):
             cluster.connect(address, threads)
             try:
-                summary = cluster.run(model, predictor, sources, missing, out, top_k=top_k, decode=decode,
-                                      batch_size=batch_size, on_progress=cluster.stderr_progress)
+                with Progress("images", total=len(sources) + len(missing)) as progress:
+                    summary = cluster.run(model, predictor, sources, missing, out, top_k=top_k, decode=decode,
+                                          batch_size=batch_size, on_progress=lambda s: progress.update(
+                                              s.classified + s.already,
+                                              f"{s.classified / max(s.seconds, 1e-9):.0f} img/s, {s.failed} failed"))
             finally:
                 cluster.disconnect()
-        back = "\r" if sys.stderr.isatty() else ""
-        click.echo(f"{back}{summary.classified} classified, {summary.already} already in "
+        click.echo(f"{summary.classified} classified, {summary.already} already in "
                    f"{printable(str(out.path))}, {summary.failed} failed, {summary.seconds:.1f} s; ran on {summary.nodes} "
                    f"node(s) (decoding on {summary.decode_nodes}, classifying on {summary.classify_nodes})", err=True)
         # OUT is streamed, not held: it may hold far more rows than this run named.

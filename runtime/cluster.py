@@ -424,10 +424,3 @@ def prediction_from_row(row: dict, labels: tuple[str, ...]) -> Optional[Predicti
         return None
     top = tuple((t["label"], float(t["score"])) for t in row["top_k"])
     return Prediction(label=row["label"], score=float(row["score"]), index=labels.index(row["label"]), top_k=top)
-
-
-def stderr_progress(summary: Summary) -> None:
-    if sys.stderr.isatty():
-        print(f"\r{summary.classified + summary.already}/{summary.total} images, "
-              f"{summary.classified / max(summary.seconds, 1e-9):.0f} img/s, {summary.failed} failed",
-              end="", file=sys.stderr, flush=True)

@@ -28,7 +28,7 @@ from .data import Splits, load_splits
 from .evaluation import autocast, evaluate, shipped, shipped_from_checkpoint, uses_bf16
 from .models import ARCHS, build_model, first_conv, whiten_first_conv
 from .optim import apply_freeze, make_optimizer, make_scheduler
-from .progress import Progress
+from alexnet_onnx.runtime.progress import Progress
 from .recipes import EMA, mix_batch
 
 Log = Callable[[str], None]
