@@ -3,46 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import click
 
 from alexnet_onnx.runtime.cliutil import Command, debug_option, run
 
+from .options import CHOICES, DEFAULTS, MINIMUMS, ExportOptions
 
-@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+D = DEFAULTS
+from alexnet_onnx.runtime.errors import exit_codes_help
+
+
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+               epilog=exit_codes_help())
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The .onnx file to write.")
-@click.option("--quantize", default="none", show_default=True, type=click.Choice(["none", "int8", "fp16", "all"]),
+@click.option("--quantize", default=D["quantize"], show_default=True, type=click.Choice(CHOICES["quantize"]),
               help="none: fp32 at -o; int8 (static, calibrated) or fp16 at -o; all: fp32 at -o plus NAME.int8.onnx "
                    "and NAME.fp16.onnx beside it.")
-@click.option("--calib-dir", type=click.Path(path_type=Path),
+@click.option("--calib-dir", default=D["calib_dir"], type=click.Path(path_type=Path),
               help="Images for int8 calibration [default: the checkpoint's training split].")
-@click.option("--calib-size", default=256, show_default=True, type=click.IntRange(min=1))
-@click.option("--calib-method", default="minmax", show_default=True, type=click.Choice(["minmax", "entropy", "percentile"]))
-@click.option("--verify-dir", type=click.Path(path_type=Path),
+@click.option("--calib-size", default=D["calib_size"], show_default=True, type=click.IntRange(min=MINIMUMS["calib_size"]))
+@click.option("--calib-method", default=D["calib_method"], show_default=True, type=click.Choice(CHOICES["calib_method"]))
+@click.option("--verify-dir", default=D["verify_dir"], type=click.Path(path_type=Path),
               help="Images for the parity check (ImageFolder for accuracy) [default: the checkpoint's val split].")
-@click.option("--verify-size", default=256, show_default=True, type=click.IntRange(min=0),
+@click.option("--verify-size", default=D["verify_size"], show_default=True, type=click.IntRange(min=MINIMUMS["verify_size"]),
               help="At most this many real images in the parity check.")
-@click.option("--max-drop", default=1.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--max-drop", default=D["max_drop"], show_default=True, type=click.FloatRange(min=MINIMUMS["max_drop"]),
               help="Largest top-1 drop (percentage points) accepted for reduced-precision variants.")
-@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the parity report as JSON.")
-@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--report", "report_path", default=D["report_path"], type=click.Path(path_type=Path),
+              help="Write the parity report as JSON.")
+@click.option("--force", is_flag=True, default=D["force"], help="Replace an existing output file.")
 @debug_option
-def main(
-    checkpoint: Path,
-    output: Path,
-    quantize: str,
-    calib_dir: Optional[Path],
-    calib_size: int,
-    calib_method: str,
-    verify_dir: Optional[Path],
-    verify_size: int,
-    max_drop: float,
-    report_path: Optional[Path],
-    force: bool,
-    debug: bool,
-) -> None:
+def main(checkpoint: Path, output: Path, debug: bool, **options) -> None:
     """Export CHECKPOINT (from train-alexnet) to ONNX and prove it matches PyTorch.
 
     The contract (labels, preprocessing, provenance) goes into the model's metadata, so
@@ -56,28 +49,12 @@ def main(
     Examples:
       export-onnx artifacts/run/best.pt -o model.onnx --report parity.json
       export-onnx artifacts/run/best.pt -o model.onnx --quantize all --verify-dir data/test
-
-    Exit codes: 0 ok, 2 usage (e.g. output exists without --force), 3 bad checkpoint or failed
-    parity gate, 4 I/O.
     """
 
     def go() -> int:
         from .pipeline import export_checkpoint
 
-        export_checkpoint(
-            checkpoint,
-            output,
-            quantize=quantize,
-            calib_dir=calib_dir,
-            calib_size=calib_size,
-            calib_method=calib_method,
-            verify_dir=verify_dir,
-            verify_size=verify_size,
-            max_drop=max_drop,
-            report_path=report_path,
-            force=force,
-            log=lambda message: click.echo(message, err=True),
-        )
+        export_checkpoint(checkpoint, output, ExportOptions(**options), log=lambda message: click.echo(message, err=True))
         return 0
 
     run(go, debug=debug)

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from .cliutil import Command, debug_option, run
-from .errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
+from .errors import EXIT_OK, EXIT_SOME_FAILED, UsageError, exit_codes_help
 from .progress import Progress
 from .terminal import printable
 
@@ -19,7 +19,8 @@ from .terminal import printable
 FEW_IMAGES = 4
 
 
-@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]},
+               epilog=exit_codes_help(EXIT_SOME_FAILED))
 @click.option("-m", "--model", "model", required=True, type=click.Path(path_type=Path), help="The .onnx model.")
 @click.argument("paths", nargs=-1, type=click.Path())  # str: a URI keeps its "//"
 @click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1), help="Labels per image.")
@@ -58,8 +59,6 @@ def main(
       onnx-predict -m model.onnx --format json --top-k 3 photos/ > preds.jsonl
       onnx-predict -m model.onnx --eval data/test --format json
       onnx-predict -m model.onnx --ray auto /shared/photos s3://bucket/photos --output preds.parquet
-
-    Exit codes: 0 all ok, 1 some inputs failed, 2 usage, 3 bad model or data, 4 I/O.
     """
 
     def go() -> int:

@@ -10,7 +10,7 @@ from typing import Optional
 import click
 
 from alexnet_onnx.runtime.cliutil import Command, debug_option, fail, run
-from alexnet_onnx.runtime.errors import EXIT_INTERRUPTED, UsageError
+from alexnet_onnx.runtime.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UsageError, exit_codes_help
 
 from .config import ARCHS, CACHES, DATASETS, DEFAULTS, DEVICES, FLIPS, FREEZE, INITS, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
 
@@ -32,7 +32,8 @@ def _recipes_help() -> str:
     return "; ".join(f"{name}: " + " ".join(flag(k, v) for k, v in values.items()) for name, values in RECIPES.items())
 
 
-@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+               epilog=exit_codes_help(EXIT_DIVERGED))
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)),
               help=f"A named preset for every option you do not give ({_recipes_help()}).")
 @click.option("--dataset", type=click.Choice(DATASETS), help="Required unless --recipe sets it.")
@@ -103,8 +104,6 @@ def main(debug: bool, resume: bool, recipe: Optional[str], compile_: bool, **opt
 
     Under `torchrun --nproc_per_node=N train-alexnet ...` it trains with DDP (gloo on CPU, NCCL
     on CUDA); --batch-size is the global batch; only rank 0 writes files.
-
-    Exit codes: 0 ok, 2 usage, 3 bad data/checkpoint, 4 I/O, 5 diverged, 130 interrupted.
     """
 
     ctx = click.get_current_context()
