@@ -11,8 +11,6 @@ from torch import nn
 
 from .config import TrainConfig
 
-FREEZE_CHOICES = ("none", "features", "all-but-head")
-
 
 def head_of(model: nn.Module) -> nn.Module:
     """The last Linear layer (the new N-class head)."""

@@ -38,9 +38,6 @@ class Source:
             return Image.fromarray(self.arrays[i], "RGB")
         return load_image(self.paths[i])
 
-    def describe(self, i: int) -> str:
-        return str(self.paths[i]) if self.paths is not None else f"image #{i}"
-
 
 def image_folder(root: Path, classes: Optional[Sequence[str]] = None) -> Source:
     """root/<class>/**/<image>; with `classes` given, the folder must have exactly those."""

@@ -2,7 +2,7 @@
 
 Each image is decoded once (runtime's image policy) into a compact uint8 tensor, kept on the
 training device; every epoch then only indexes it and augments whole batches with tensor ops, so
-training is no longer bound by per-image PIL work in DataLoader workers.
+per-image PIL work in DataLoader workers does not bound the training speed.
 
 - train store: images resized (shorter side = `resize`) and centre-cropped to `resize` x `resize`,
   the source squares of train.augment, which augments whole batches (the DataLoader path applies
