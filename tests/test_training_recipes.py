@@ -71,6 +71,24 @@ def test_mix_batch_targets_are_distributions():
     assert torch.equal(plain.argmax(1), y) and plain.max() == 1
 
 
+def test_ema_averages_weights_and_batchnorm_statistics_and_copies_counters():
+    from alexnet_onnx.train.recipes import EMA
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    ema = EMA(model, 0.9)
+    before = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    model.train()(torch.randn(8, 3, 4, 4) * 2 + 3)  # moves the running statistics, counts a batch
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update(model)
+    now = model.state_dict()
+    averaged = ema.model.state_dict()
+    for name in ("0.weight", "1.running_mean", "1.running_var"):
+        assert not torch.equal(before[name], now[name]), name
+        assert torch.allclose(averaged[name], 0.9 * before[name] + 0.1 * now[name]), name
+    assert averaged["1.num_batches_tracked"].item() == now["1.num_batches_tracked"].item() == 1
+
+
 @pytest.mark.parametrize("cache", ["none", "memory"])
 def test_resume_is_exact_for_both_input_pipelines(tiny_folder, tmp_path, cache):
     full = train(cfg_for(tiny_folder, tmp_path / "full", cache=cache, mixup=0.2, ema=0.9), log=lambda m: None)

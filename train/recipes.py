@@ -40,7 +40,9 @@ def mix_batch(
 
 
 class EMA:
-    """Exponential moving average of a model's weights (buffers copied), for evaluation."""
+    """Exponential moving average of a model's state, for evaluation: parameters and float buffers
+    (BatchNorm's running mean and variance) are averaged, so the averaged weights are judged with
+    statistics of the same horizon; integer buffers (BatchNorm's batch counter) are copied."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
@@ -50,7 +52,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for ema_v, v in zip(self.model.state_dict().values(), model.state_dict().values()):
+        for ema_v, v in zip(self.model.state_dict().values(), model.state_dict().values(), strict=True):
             if ema_v.is_floating_point():
                 ema_v.mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
             else:
