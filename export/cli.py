@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from alexnet_onnx.runtime.cliutil import Command, debug_option, run
+from alexnet_onnx.runtime.errors import exit_codes_help
 
 from .options import CHOICES, DEFAULTS, MINIMUMS, ExportOptions
 
 D = DEFAULTS
-from alexnet_onnx.runtime.errors import exit_codes_help
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},

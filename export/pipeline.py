@@ -23,6 +23,7 @@ from alexnet_onnx.train.config import TrainConfig
 from alexnet_onnx.train.data import load_splits
 
 from .onnx_export import model_from_checkpoint, set_contract, to_onnx
+from .options import ExportOptions
 from .parity import VariantReport, VerifySet, compare, onnx_logits, random_inputs, torch_logits
 from .report import latency_ms, markdown_table, text_table
 
@@ -43,22 +44,12 @@ def output_paths(output: Path, quantize: str) -> dict[str, Path]:
 
 
 def export_checkpoint(
-    checkpoint: Path,
-    output: Path,
-    *,
-    quantize: str = "none",
-    calib_dir: Optional[Path] = None,
-    calib_size: int = 256,
-    calib_method: str = "minmax",
-    verify_dir: Optional[Path] = None,
-    verify_size: int = 256,
-    max_drop: float = 1.0,
-    report_path: Optional[Path] = None,
-    force: bool = False,
-    measure_speed: bool = True,
-    log: Log = print,
+    checkpoint: Path, output: Path, options: ExportOptions = ExportOptions(), log: Log = print, *, measure_speed: bool = True
 ) -> dict:
     """Export CHECKPOINT to OUTPUT (and variants), prove parity, return the report dict."""
+    quantize, calib_dir, calib_size, calib_method = options.quantize, options.calib_dir, options.calib_size, options.calib_method
+    verify_dir, verify_size, max_drop = options.verify_dir, options.verify_size, options.max_drop
+    report_path, force = options.report_path, options.force
     targets = output_paths(output, quantize)
     for path in targets.values():
         if path.is_dir():

@@ -16,7 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+from .options import CALIBRATION_METHODS
+
 # onnxruntime's entropy calibrator defaults to as many histogram bins as quantized bins (128), which
 # leaves its KL search a single candidate, the full range: the model came out byte-identical to
 # minmax's. quantize_static passes no bin counts through, so `_entropy_bins` hands the calibrator
@@ -47,8 +48,9 @@ def _entropy_bins() -> Iterator[None]:
 _CALIB_BATCH = 16
 
 
-def quantize_int8(fp32: bytes, calibration: np.ndarray, method: str = "minmax") -> bytes:
-    """Static QDQ int8 model (serialized) from a serialized fp32 model and preprocessed images."""
+def quantize_int8(fp32: bytes, calibration: np.ndarray, method: str) -> bytes:
+    """Static QDQ int8 model (serialized) from a serialized fp32 model and preprocessed images;
+    `method`: a key of CALIBRATION_METHODS."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -60,8 +62,6 @@ def quantize_int8(fp32: bytes, calibration: np.ndarray, method: str = "minmax") 
 
     if len(calibration) == 0:
         raise ValueError("int8 calibration needs at least one image")
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
 
     # Equal batches: onnxruntime's histogram calibrators (entropy, percentile) stack every batch's
     # outputs into one array and fail on a short last batch.
@@ -90,7 +90,7 @@ def quantize_int8(fp32: bytes, calibration: np.ndarray, method: str = "minmax") 
                 reduce_range=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method=methods[method],
+                calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
                 extra_options={"CalibTensorRangeSymmetric": False},
             )
         return out.read_bytes()

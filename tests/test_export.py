@@ -106,3 +106,47 @@ def test_alexnet_224_exports_with_parity(tmp_path, tiny_folder):
     gemms = [n for n in onnx.load(str(tmp_path / "a.onnx")).graph.node if n.op_type == "Gemm"]
     assert len(gemms) == 3  # the classifier's weights are stored (in, out): no repacking per call
     assert all(a.i == 0 for n in gemms for a in n.attribute if a.name == "transB")
+
+
+def test_cli_options_are_export_options_defaults_and_choices(tmp_path):
+    """export-onnx's options take their defaults, choices and bounds from ExportOptions: a
+    literal that drifts from the dataclass fails here."""
+    import dataclasses
+
+    import click
+
+    from alexnet_onnx.export.options import CHOICES, MINIMUMS, ExportOptions
+
+    ctx = main.make_context("export-onnx", [str(tmp_path / "c.pt"), "-o", str(tmp_path / "m.onnx")])
+    names = [f.name for f in dataclasses.fields(ExportOptions)]
+    assert set(names) <= set(ctx.params)
+    assert ExportOptions(**{n: ctx.params[n] for n in names}) == ExportOptions()
+    params = {p.name: p for p in main.params}
+    for name in names:
+        kind = params[name].type
+        assert tuple(getattr(kind, "choices", ())) == tuple(CHOICES.get(name, ())), name
+        if name in MINIMUMS:
+            assert isinstance(kind, (click.IntRange, click.FloatRange)) and not kind.min_open, name
+            assert kind.min == MINIMUMS[name] and type(kind.min) is type(MINIMUMS[name]), name
+        else:
+            assert not isinstance(kind, (click.IntRange, click.FloatRange)), name
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("quantize", "int4", "--quantize 'int4' is not valid (choose from none, int8, fp16, all)"),
+        ("calib_method", "kl", "--calib-method 'kl' is not valid (choose from minmax, entropy, percentile)"),
+        ("calib_size", 0, "--calib-size must be an integer >= 1"),
+        ("verify_size", 2.5, "--verify-size must be an integer >= 0"),
+        ("max_drop", float("nan"), "--max-drop must be a number >= 0"),
+        ("max_drop", -0.5, "--max-drop must be a number >= 0"),
+    ],
+)
+def test_export_options_refuse_bad_values_naming_the_valid_ones(field, value, message):
+    from alexnet_onnx.export.options import ExportOptions
+    from alexnet_onnx.runtime.errors import EXIT_USAGE, UsageError
+
+    with pytest.raises(UsageError) as raised:
+        ExportOptions(**{field: value})
+    assert message in str(raised.value) and raised.value.exit_code == EXIT_USAGE

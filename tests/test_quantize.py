@@ -133,7 +133,8 @@ def test_each_calibration_method_calibrates_differently(exported_model, tiny_fol
     import onnx
     from onnx import numpy_helper
 
-    from alexnet_onnx.export.quantize import CALIBRATION_METHODS, quantize_int8
+    from alexnet_onnx.export.options import CALIBRATION_METHODS
+    from alexnet_onnx.export.quantize import quantize_int8
 
     p = Predictor(exported_model)
     calib = np.stack([p.preprocess(f) for f in sorted((tiny_folder / "train").glob("*/*.png"))[:24]])

@@ -1,0 +1,47 @@
+"""Every option of an export, its default and its valid values, in one torch-free place.
+export-onnx builds its click options from these; ExportOptions checks a set of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+from alexnet_onnx.runtime.errors import UsageError
+
+# none: fp32 at -o; int8 or fp16: that variant at -o; all: fp32 at -o and the others beside it.
+QUANTIZE_TARGETS = ("none", "int8", "fp16", "all")
+# Calibration method name -> the name of onnxruntime's CalibrationMethod member (export/quantize.py).
+CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    quantize: str = "none"
+    calib_dir: Optional[Path] = None  # None: the checkpoint's training split
+    calib_size: int = 256  # at most this many calibration images for int8
+    calib_method: str = "minmax"
+    verify_dir: Optional[Path] = None  # None: the checkpoint's val split, else test, else random inputs only
+    verify_size: int = 256  # at most this many real images in the parity check
+    max_drop: float = 1.0  # largest top-1 drop (percentage points) a reduced-precision variant may show
+    report_path: Optional[Path] = None  # the parity report as JSON
+    force: bool = False  # replace existing output files
+
+    def __post_init__(self) -> None:
+        for name, valid in CHOICES.items():
+            if getattr(self, name) not in valid:
+                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not valid (choose from {', '.join(valid)})")
+        for name, least in MINIMUMS.items():
+            value = getattr(self, name)
+            kind = int if isinstance(least, int) else (int, float)
+            # `not >=` also refuses NaN, which no comparison accepts.
+            if isinstance(value, bool) or not isinstance(value, kind) or not value >= least:
+                noun = "an integer" if kind is int else "a number"
+                raise UsageError(f"--{name.replace('_', '-')} must be {noun} >= {least:g}, got {value!r}")
+
+
+# Field defaults, valid values and lower bounds, for the CLI's options and the checks above.
+DEFAULTS = {f.name: f.default for f in fields(ExportOptions)}
+CHOICES: dict[str, tuple[str, ...]] = {"quantize": QUANTIZE_TARGETS, "calib_method": tuple(CALIBRATION_METHODS)}
+# An int bound also asks for an integer.
+MINIMUMS: dict[str, float] = {"calib_size": 1, "verify_size": 0, "max_drop": 0.0}
