@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import stat
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from PIL import (  # noqa: F401
 )
 
 from .errors import ImageError, first_line
+from .files import NotRegularFile, open_regular
 
 # Formats a camera, phone, browser or dataset produces (JPEG covers multi-picture MPO files);
 # no PDF/EPS/FITS/PSD and friends.
@@ -99,7 +99,7 @@ def opened(source: ImageSource, *, min_side: int | None = None) -> Iterator[Imag
         return
     path = Path(source.name) if isinstance(source, Encoded) else Path(source)
     with _image_errors(path), \
-            (io.BytesIO(source.data) if isinstance(source, Encoded) else _open_regular(path)) as f, \
+            (io.BytesIO(source.data) if isinstance(source, Encoded) else os.fdopen(open_regular(path), "rb")) as f, \
             Image.open(f, formats=ALLOWED_FORMATS) as im:
         _check_pixels(im, path)
         if min_side is not None:
@@ -111,7 +111,7 @@ def opened(source: ImageSource, *, min_side: int | None = None) -> Iterator[Imag
 def read_file(path: Path, name: str) -> Encoded:
     """The bytes of the image file at `path`, refused as `opened` refuses it (not a regular file,
     missing, unreadable, or larger than DECODE_BUDGET), under the name errors show."""
-    with _image_errors(Path(name)), _open_regular(Path(path), name) as f:
+    with _image_errors(Path(name)), os.fdopen(open_regular(path), "rb") as f:
         check_file_size(os.fstat(f.fileno()).st_size, name)
         return Encoded(name, f.read())
 
@@ -133,6 +133,8 @@ def _image_errors(path: Path) -> Iterator[None]:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory, not an image") from None
+    except NotRegularFile:
+        raise ImageError(f"{path}: not a regular file (a pipe, socket or device); skipped") from None
     except PermissionError:
         raise ImageError(f"{path}: permission denied") from None
     except UnidentifiedImageError:
@@ -144,18 +146,6 @@ def _image_errors(path: Path) -> Iterator[None]:
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
         # Truncated or garbled data surfaces from the decoders as any of these.
         raise ImageError(f"{path}: cannot decode image ({first_line(exc)})") from None
-
-
-def _open_regular(path: Path, name: str | None = None):
-    # O_NONBLOCK: opening a FIFO must not wait for a writer (regular files ignore the flag).
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError
-        raise ImageError(f"{name or path}: not a regular file (a pipe, socket or device); skipped")
-    return os.fdopen(fd, "rb")
 
 
 def _check_pixels(im: Image.Image, path: Path) -> None:

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import mmap
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import protowalk
 from .errors import ModelError
+from .files import NotRegularFile, open_regular
 
 LFS_MAGIC = b"version https://git-lfs"  # the first bytes of a git-lfs pointer file
 # Smaller initializers stay inline: referencing them would save nothing worth a file read each.
@@ -79,7 +79,7 @@ class ModelFile:
 def open_model(path: Path, *, reference_weights: bool = False) -> ModelFile:
     """Open and check `path` (ModelError, one line, when it cannot be a usable single-file
     model) and say how onnxruntime should load it."""
-    fd = _open_regular(path)
+    fd = _open_file(path)
     try:
         return _check(path, fd, reference_weights)
     except BaseException:
@@ -87,24 +87,20 @@ def open_model(path: Path, *, reference_weights: bool = False) -> ModelFile:
         raise
 
 
-def _open_regular(path: Path) -> int:
+def _open_file(path: Path) -> int:
+    """`open_regular`, its failures as one ModelError line each."""
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore it.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return open_regular(path)
     except FileNotFoundError:
         raise ModelError(f"{path}: model file not found") from None
     except IsADirectoryError:
         raise ModelError(f"{path}: is a directory; pass the .onnx file") from None
     except PermissionError:
         raise ModelError(f"{path}: permission denied") from None
+    except NotRegularFile:
+        raise ModelError(f"{path}: is not a regular file (a pipe, socket or device)") from None
     except OSError as exc:
         raise ModelError(f"{path}: cannot open ({exc.strerror or exc})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = "a directory; pass the .onnx file" if stat.S_ISDIR(mode) else "not a regular file (a pipe, socket or device)"
-        raise ModelError(f"{path}: is {kind}")
-    return fd
 
 
 def _check(path: Path, fd: int, reference_weights: bool) -> ModelFile:

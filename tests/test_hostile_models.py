@@ -25,6 +25,7 @@ from fuzzing import MUTATIONS, check_model_file, mutate
 from alexnet_onnx.runtime import Predictor
 from alexnet_onnx.runtime.cli import main
 from alexnet_onnx.runtime.errors import ModelError
+from alexnet_onnx.runtime.files import NotRegularFile, open_regular
 from alexnet_onnx.runtime.modelfile import open_model
 
 onnx = pytest.importorskip("onnx")  # the attack files are built with onnx ([train]/[dev] extras)
@@ -310,6 +311,35 @@ def test_a_fifo_as_model_or_image_never_blocks(exported_model, images, tmp_path)
     errors = [r for r in rows if "error" in r]
     assert [r["path"] for r in errors] == [str(images[0].parent / "pipe.png"), "/dev/zero"]
     assert all("not a regular file" in r["error"] for r in errors)
+
+
+def test_open_regular_opens_regular_files_and_refuses_the_rest_without_blocking(tmp_path):
+    (tmp_path / "plain").write_bytes(b"bytes")
+    fd = open_regular(tmp_path / "plain")
+    try:
+        assert os.read(fd, 16) == b"bytes"
+    finally:
+        os.close(fd)
+    os.mkfifo(tmp_path / "fifo")  # no writer: a blocking open would never return
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(_refusal(tmp_path / "fifo")), daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():  # unblock the stuck open before failing
+        with open(tmp_path / "fifo", "wb"):
+            pass
+    assert outcome == [NotRegularFile]
+    assert _refusal(Path("/dev/zero")) is NotRegularFile
+    assert _refusal(tmp_path) is IsADirectoryError
+    assert _refusal(tmp_path / "missing") is FileNotFoundError
+
+
+def _refusal(path: Path) -> type:
+    try:
+        os.close(open_regular(path))
+    except OSError as exc:
+        return type(exc)
+    return type(None)
 
 
 def test_a_fifo_swapped_in_after_the_listing_does_not_block(exported_model, tmp_path):
