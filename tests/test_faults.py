@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import bad_checkpoint, make_image_folder, png_header_only, sigint_as_ctrl_c
-from alexnet_onnx.runtime.atomic import PAUSE_IN_WRITE_ENV
+from alexnet_onnx.runtime.atomic import atomic_write, clean_temp_files
 from alexnet_onnx.train.cli import main as train_main
 
 BIN = Path(sys.executable).parent
@@ -60,12 +61,34 @@ def test_signal_exits_130_and_run_resumes(small_data, tmp_path, sig):
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 8
 
 
+# train-alexnet in a child process whose os.fsync, on the temp file of a save that replaces an
+# existing last.pt, creates the marker (argv[1]) and waits to be killed: the kill lands inside a
+# real save, after its bytes are written and before the rename. The hook lives in this test only.
+PAUSED_IN_SAVE = """
+import os, sys, time
+marker, real_fsync = sys.argv[1], os.fsync
+
+def fsync(fd):
+    name = os.readlink(f"/proc/self/fd/{fd}")
+    if os.path.basename(name).startswith(".last.pt.tmp-") and os.path.exists(os.path.join(os.path.dirname(name), "last.pt")):
+        real_fsync(fd)
+        open(marker, "x").close()
+        while True:
+            time.sleep(1)
+    return real_fsync(fd)
+
+os.fsync = fsync
+from alexnet_onnx.train.cli import main
+main(sys.argv[2:], prog_name="train-alexnet")
+"""
+
+
 def test_sigkill_inside_a_save_keeps_the_previous_checkpoint(small_data, tmp_path):
     """Killed after the new last.pt's bytes are written but before the rename: the previous
     last.pt is intact, and the next run removes the temp file and carries on."""
     out, marker = tmp_path / "out", tmp_path / "paused"
-    env = {**os.environ, PAUSE_IN_WRITE_ENV: str(marker)}
-    proc = subprocess.Popen(train_cmd(small_data, out, 3), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", PAUSED_IN_SAVE, str(marker), *train_cmd(small_data, out, 3)[1:]],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_for(marker, proc)
     before = (out / "last.pt").read_bytes()
     temps = list(out.glob(".last.pt.tmp-*"))
@@ -79,6 +102,77 @@ def test_sigkill_inside_a_save_keeps_the_previous_checkpoint(small_data, tmp_pat
     assert "after epoch 1/3" in resumed.stderr
     assert not list(out.glob(".*.tmp-*"))
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
+
+
+def test_two_writers_of_one_path_at_once_both_succeed(tmp_path):
+    """The second write starts (and cleans up after killed writers) while the first is half
+    written; both finish, and the file is one writer's whole content."""
+    target = tmp_path / "shared.bin"
+    contents = [bytes([n]) * 100_000 for n in (1, 2)]
+    first_writing, second_writing = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def write_first(f):
+        f.write(contents[0][:50_000])
+        f.flush()
+        first_writing.set()
+        assert second_writing.wait(30)
+        f.write(contents[0][50_000:])
+
+    def write_second(f):
+        second_writing.set()
+        f.write(contents[1])
+
+    def run(write):
+        try:
+            atomic_write(target, write)
+        except BaseException as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=run, args=(write_first,))
+    first.start()
+    assert first_writing.wait(30)
+    second = threading.Thread(target=run, args=(write_second,))
+    second.start()
+    first.join(60)
+    second.join(60)
+    assert not errors, errors
+    assert target.read_bytes() in contents
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.bin"]
+
+
+WRITES_UNTIL_KILLED = """
+import sys, time
+from pathlib import Path
+from alexnet_onnx.runtime.atomic import atomic_write
+
+def write(f):
+    f.write(b"never finished")
+    f.flush()
+    Path(sys.argv[2]).touch()
+    time.sleep(600)
+
+atomic_write(Path(sys.argv[1]), write)
+"""
+
+
+def test_only_temp_files_of_dead_writers_are_removed(tmp_path):
+    target, marker = tmp_path / "data.bin", tmp_path / "writing"
+    target.write_bytes(b"previous")
+    proc = subprocess.Popen([sys.executable, "-c", WRITES_UNTIL_KILLED, str(target), str(marker)])
+    try:
+        wait_for(marker, proc)
+        (temp,) = tmp_path.glob(".data.bin.tmp-*")
+        assert clean_temp_files(tmp_path) == 0 and temp.exists()  # its writer lives
+        atomic_write(target, lambda f: f.write(b"mine"))
+        assert temp.exists() and target.read_bytes() == b"mine"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert clean_temp_files(tmp_path) == 1 and not temp.exists()
+    lookalike = tmp_path / ".data.bin.tmp-mine"  # not a name atomic_write makes: never touched
+    lookalike.write_bytes(b"")
+    assert clean_temp_files(tmp_path) == 0 and lookalike.exists()
 
 
 def limited_file_size(limit: int):

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from alexnet_onnx.runtime import atomic
 from alexnet_onnx.runtime.atomic import atomic_write
 from alexnet_onnx.runtime.contract import Contract, ContractError
 from alexnet_onnx.runtime.errors import ModelError, first_line
@@ -31,9 +32,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def clean_temp_files(directory: Path) -> None:
-    """Remove temp files a killed process left behind (they never replaced a real file)."""
-    for leftover in Path(directory).glob(".*.tmp-*"):
-        leftover.unlink(missing_ok=True)
+    """Remove the temp files a killed run left in its output folder (they never replaced a real
+    file); those of a writer still at work are kept."""
+    atomic.clean_temp_files(Path(directory))
 
 
 def load_file(path: Path, *, what: str = "checkpoint") -> Any:

@@ -7,10 +7,11 @@ OUT/samples.txt (one image of each of the first five classes).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
+
+from alexnet_onnx.runtime.atomic import atomic_write
 
 from .sources import find_cifar10
 
@@ -29,15 +30,12 @@ def main(data_dir: Path, out: Path) -> None:
         for i, label in enumerate(test.labels):
             target = out / test.classes[label] / f"{counters[label]:04d}.png"
             counters[label] += 1
-            if not target.exists():  # a run killed mid-write leaves a .tmp, never a truncated PNG
-                target.parent.mkdir(parents=True, exist_ok=True)
-                temp = target.with_name(target.name + ".tmp")
-                test.image(i).save(temp, format="PNG")
-                os.replace(temp, target)
+            if not target.exists():  # written atomically: a run killed mid-write leaves no torn PNG
+                atomic_write(target, lambda f, image=test.image(i): image.save(f, format="PNG"))
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    samples = [min((root / c).iterdir()) for c in classes[:5]]
-    (out / "root.txt").write_text(f"{root}\n")
-    (out / "samples.txt").write_text("".join(f"{p}\n" for p in samples))
+    samples = [min(p for p in (root / c).iterdir() if not p.name.startswith(".")) for c in classes[:5]]
+    atomic_write(out / "root.txt", lambda f: f.write(f"{root}\n".encode()))
+    atomic_write(out / "samples.txt", lambda f: f.write("".join(f"{p}\n" for p in samples).encode()))
 
 
 if __name__ == "__main__":
