@@ -7,7 +7,8 @@ way in both places (the contract names this policy `IMAGE_POLICY`):
 - alpha (RGBA, LA, PA, P or L/RGB with a transparency key) is composited onto white;
 - 16-bit integer images are scaled to 8 bits (value/257, rounded), not clamped; 32-bit integer
   images holding 0..65535 are treated as 16-bit, wider ones are scaled from 0..2**31-1;
-  float images are clipped to [0, 1];
+  float images are clipped to [0, 1]; a transparency key of such an image is applied after the
+  scaling (its pixels become white);
 - every other mode (L, 1, P, CMYK, YCbCr, ...) goes through Pillow's `convert("RGB")`.
 
 Only regular files are opened (a FIFO or device is refused without blocking), only in the
@@ -223,12 +224,14 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     mode = im.mode
     if not _converts(im):
         return im
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-        return _banded(im, "RGB", _onto_white)
-    if mode in _DEEP_GREY:
+    if mode in _DEEP_GREY:  # before the alpha branch: Pillow's own conversion would clamp
         low, high = im.getextrema()
         wide = mode == "I" and (low < 0 or high > 65535)
-        return _banded(im, "L", lambda band: _grey_to_8bit(band, wide))
+        key = im.info.get("transparency")
+        key = key if isinstance(key, (int, float)) else None
+        return _banded(im, "L", lambda band: _grey_to_8bit(band, wide, key))
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        return _banded(im, "RGB", _onto_white)
     return im.convert("L" if mode == "1" else "RGB")
 
 
@@ -248,14 +251,19 @@ def _onto_white(band: Image.Image) -> Image.Image:
     return Image.alpha_composite(white, rgba).convert("RGB")
 
 
-def _grey_to_8bit(band: Image.Image, wide: bool) -> Image.Image:
+def _grey_to_8bit(band: Image.Image, wide: bool, key: int | float | None) -> Image.Image:
+    """Deep grey -> 8 bits; pixels equal to the transparency `key` (fully transparent) become
+    white, as compositing onto white makes them."""
+    raw = np.asarray(band)
     if band.mode == "F":
-        values = np.nan_to_num(np.asarray(band, dtype=np.float64), nan=0.0)
+        values = np.nan_to_num(raw.astype(np.float64), nan=0.0)
         eight = np.rint(np.clip(values, 0.0, 1.0) * 255.0)
     elif wide:  # 32-bit values beyond 16 bits: scale from 0..2**31-1
-        eight = np.clip(np.asarray(band).astype(np.int64), 0, 2**31 - 1) >> 23
+        eight = np.clip(raw.astype(np.int64), 0, 2**31 - 1) >> 23
     else:  # 16 bits of range: value/257, rounded
-        eight = (np.asarray(band).astype(np.int64) + 128) // 257
+        eight = (raw.astype(np.int64) + 128) // 257
+    if key is not None:
+        eight = np.where(raw == key, 255, eight)
     return Image.fromarray(np.ascontiguousarray(eight.astype(np.uint8)), "L")
 
 

@@ -52,6 +52,35 @@ def test_16_bit_is_scaled_not_clamped(tmp_path):
     assert out.tolist() == [0, 4, 128, 255]  # Pillow's convert("L") would clamp 1000 to 255
 
 
+GREY_16 = [0, 1000, 32896, 40000, 65535]  # 40000 is the transparency key in the cases below
+
+
+def _policy_grey(values, key, wide=False) -> np.ndarray:
+    """The policy's result for deep grey values, written out: scaled to 8 bits (value/257
+    rounded, or from 0..2**31-1 for wide 32-bit values), then the key's pixels white."""
+    out = [255 if v == key else (max(v, 0) >> 23 if wide else (v + 128) // 257) for v in values]
+    return np.array([[[v] * 3 for v in out]], np.uint8)
+
+
+def test_16_bit_grey_png_with_a_transparency_key_is_scaled_then_composited(tmp_path):
+    path = tmp_path / "g16-trns.png"
+    Image.fromarray(np.array([GREY_16], np.uint16)).save(path, transparency=40000)
+    with Image.open(path) as im:
+        assert im.mode == "I;16" and im.info["transparency"] == 40000  # what a tRNS chunk gives
+    expected = _policy_grey(GREY_16, 40000)  # [0, 4, 128, white, 255]: convert("RGBA") clamps 1000 and 32896 to 255
+    np.testing.assert_array_equal(np.asarray(load_image(path)), expected)
+
+
+@pytest.mark.parametrize("values,wide", [(GREY_16, False), ([-7, 1 << 28, 40000, 2**31 - 1], True)],
+                         ids=["16-bit-range", "wide"])
+def test_32_bit_grey_with_a_transparency_key_is_scaled_then_composited(tmp_path, values, wide):
+    """Mode I as a PNG's tRNS key leaves it (this Pillow reads 16-bit PNGs as I;16, and cannot
+    write mode I as PNG, so the image is built in memory with the key a PNG would carry)."""
+    im = Image.fromarray(np.array([values], np.int32), "I")
+    im.info["transparency"] = 40000
+    np.testing.assert_array_equal(np.asarray(load_image(im)), _policy_grey(values, 40000, wide))
+
+
 def test_float_images_are_clipped():
     im = Image.fromarray(np.array([[-1.0, 0.0, 0.5, 1.0, 7.0]], np.float32))
     assert np.asarray(load_image(im))[0, :, 0].tolist() == [0, 0, 128, 255, 255]
@@ -134,26 +163,29 @@ from alexnet_onnx.runtime import image as image_module  # noqa: E402
 def _reference_policy(im: Image.Image) -> np.ndarray:
     """The policy written plainly, whole-image (how it was before conversions went by bands)."""
     mode = im.mode
-    if mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        return np.asarray(Image.alpha_composite(Image.new("RGBA", im.size, (255,) * 4), rgba).convert("RGB"))
     if mode.startswith("I;16") or mode == "I":
         values = np.asarray(im).astype(np.int64)
         wide = mode == "I" and (values.min() < 0 or values.max() > 65535)
         eight = (np.clip(values, 0, 2**31 - 1) >> 23) if wide else (values + 128) // 257
+        if "transparency" in im.info:
+            eight = np.where(values == im.info["transparency"], 255, eight)
         return np.stack([eight.astype(np.uint8)] * 3, axis=-1)
+    if mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        return np.asarray(Image.alpha_composite(Image.new("RGBA", im.size, (255,) * 4), rgba).convert("RGB"))
     if mode == "F":
         values = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0)
         return np.stack([np.rint(np.clip(values, 0, 1) * 255).astype(np.uint8)] * 3, axis=-1)
     return np.asarray(im.convert("RGB"))
 
 
-@pytest.mark.parametrize("mode", ["I;16", "I", "I-wide", "F", "RGBA", "LA", "P-transparent"])
+@pytest.mark.parametrize("mode", ["I;16", "I", "I-wide", "F", "RGBA", "LA", "P-transparent", "I;16-transparent",
+                                  "I-transparent"])
 def test_banded_conversion_equals_the_whole_image_policy(mode, monkeypatch):
     monkeypatch.setattr(image_module, "_BAND_PIXELS", 97)  # many bands, ragged last one
     rng = np.random.default_rng(7)
     h, w = 41, 23
-    if mode == "I;16":
+    if mode.startswith("I;16"):
         im = Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16))
     elif mode.startswith("I"):
         high = 2**31 - 1 if mode == "I-wide" else 65536
@@ -167,6 +199,8 @@ def test_banded_conversion_equals_the_whole_image_policy(mode, monkeypatch):
         im.info["transparency"] = 3
     else:
         im = Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA").convert(mode)
+    if mode.endswith("-transparent") and mode.startswith("I"):
+        im.info["transparency"] = int(np.asarray(im)[3, 4])  # a value that occurs
     np.testing.assert_array_equal(np.asarray(load_image(im)), _reference_policy(im))
 
 

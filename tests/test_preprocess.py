@@ -78,3 +78,19 @@ def test_grey_images_give_exactly_what_their_rgb_copy_gives(size):
     grey = Image.fromarray(np.random.default_rng(size[0]).integers(0, 256, size[::-1], dtype=np.uint8), "L")
     for spec in SPECS:
         np.testing.assert_array_equal(preprocess(grey, spec), preprocess(grey.convert("RGB"), spec))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=["alexnet", "alexnet_cifar", "odd"])
+def test_16_bit_grey_png_with_a_transparency_key_matches_torchvision_on_the_policy_image(spec, tmp_path):
+    """A 16-bit grey PNG with a tRNS key: the image policy scales to 8 bits, then whitens the
+    key's pixels (written out here), and the transform matches torchvision on that image."""
+    rng = np.random.default_rng(16)
+    values = rng.integers(0, 65536, (37, 53), dtype=np.uint16)
+    key = int(values[5, 7])
+    path = tmp_path / "grey16-trns.png"
+    Image.fromarray(values).save(path, transparency=key)
+    eight = np.where(values == key, 255, (values.astype(np.int64) + 128) // 257).astype(np.uint8)
+    expected = Image.fromarray(np.stack([eight] * 3, axis=-1), "RGB")
+    image = load_image(path)
+    np.testing.assert_array_equal(np.asarray(image), np.asarray(expected))
+    assert_matches(image, spec)
