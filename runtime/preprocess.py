@@ -48,14 +48,27 @@ def resize_and_crop(im: Image.Image, spec: Preprocess) -> Image.Image:
     return im.resize((new_w, new_h), Image.Resampling.BILINEAR).crop(box)
 
 
+PIXEL_SCALE = 255.0  # ToTensor: 8-bit levels to [0, 1]
+
+
+def channel_stats(spec: Preprocess) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) as float32 arrays of shape (3, 1, 1), to broadcast over (..., 3, H, W)."""
+    return tuple(np.asarray(v, dtype=np.float32).reshape(3, 1, 1) for v in (spec.mean, spec.std))
+
+
+def normalize(levels, mean, std):
+    """ToTensor + Normalize on float32 8-bit levels: (levels / 255 - mean) / std, torchvision's
+    float32 operations in its order. Only `/` and `-`, so numpy arrays and torch tensors (with
+    `channel_stats` moved to the tensor's device) give the same bits."""
+    return (levels / PIXEL_SCALE - mean) / std
+
+
 @functools.lru_cache(maxsize=8)
 def _lookup_table(spec: Preprocess) -> np.ndarray:
-    """(3, 256) float32: the value ToTensor + Normalize give each 8-bit level, per channel,
-    computed with the same float32 operations in the same order, so a lookup is bit-identical."""
-    levels = np.arange(256, dtype=np.float32) / np.float32(255)
-    mean = np.asarray(spec.mean, dtype=np.float32)[:, None]
-    std = np.asarray(spec.std, dtype=np.float32)[:, None]
-    return (levels[None, :] - mean) / std
+    """(3, 256) float32: the value ToTensor + Normalize give each 8-bit level, per channel, so a
+    lookup is bit-identical to normalizing the pixels."""
+    levels = np.arange(256, dtype=np.float32).reshape(1, 1, 256)
+    return normalize(levels, *channel_stats(spec)).reshape(3, 256)
 
 
 def to_array(im: Image.Image, spec: Preprocess) -> np.ndarray:

@@ -7,7 +7,7 @@ from PIL import Image
 from conftest import SHARED_DATA, needs_shared_data
 from alexnet_onnx.runtime.contract import Preprocess
 from alexnet_onnx.runtime.image import load_image
-from alexnet_onnx.runtime.preprocess import preprocess, resized_size
+from alexnet_onnx.runtime.preprocess import channel_stats, normalize, preprocess, resized_size
 from alexnet_onnx.train.models import ARCHS
 
 TOL = 1e-6
@@ -46,6 +46,23 @@ def test_generated_sizes_match_torchvision(spec, size):
     rng = np.random.default_rng(sum(size))
     image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
     assert_matches(image, spec)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=["alexnet", "alexnet_cifar", "odd"])
+def test_normalize_gives_torchvisions_bits_on_numpy_arrays_and_torch_tensors(spec):
+    """The one normalization the runtime and both training pipelines use: every 8-bit level of
+    every channel, bit for bit what ToTensor + Normalize give, from numpy and from torch."""
+    import torch
+    from torchvision import transforms as T
+
+    image = Image.fromarray(np.stack([np.arange(256, dtype=np.uint8).reshape(16, 16)] * 3, -1), "RGB")
+    expected = T.Normalize(spec.mean, spec.std)(T.ToTensor()(image)).numpy()
+    levels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)
+    mean, std = channel_stats(spec)
+    from_numpy = normalize(levels, mean, std)
+    from_torch = normalize(torch.from_numpy(levels), torch.from_numpy(mean), torch.from_numpy(std)).numpy()
+    for got in (from_numpy, from_torch, preprocess(image, Preprocess(resize=16, crop=16, mean=spec.mean, std=spec.std))):
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), expected.view(np.uint32))
 
 
 def test_resized_size_follows_torchvision_arithmetic():

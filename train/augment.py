@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from alexnet_onnx.runtime.contract import Preprocess
-from alexnet_onnx.runtime.preprocess import resize_and_crop
+from alexnet_onnx.runtime.preprocess import PIXEL_SCALE, resize_and_crop
 
 from .config import FLIPS
 
@@ -164,7 +164,7 @@ class Augmentation:
         pixels = torch.arange(self.spec.crop, device=x.device)
         inside = [(pixels >= lo[:, k, None]) & (pixels < lo[:, k, None] + self.cutout) for k in (0, 1)]
         mask = (inside[0][:, :, None] & inside[1][:, None, :])[:, None]  # (b, 1, crop, crop)
-        mean = torch.tensor(self.spec.mean, dtype=x.dtype, device=x.device)[:, None, None] * 255
+        mean = torch.tensor(self.spec.mean, dtype=x.dtype, device=x.device)[:, None, None] * PIXEL_SCALE  # 0 once normalized
         return torch.where(mask, mean, x)
 
 

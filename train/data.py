@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from alexnet_onnx.runtime.contract import Preprocess
 from alexnet_onnx.runtime.errors import DataError, ImageError
-from alexnet_onnx.runtime.preprocess import preprocess
+from alexnet_onnx.runtime.preprocess import channel_stats, normalize, preprocess
 
 from .augment import Augmentation
 from .config import DATASETS
@@ -105,9 +105,8 @@ def _balanced(labels: Sequence[int], indices: Sequence[int], n: int, rng: random
 def train_transform(augment: Augmentation, epoch: int) -> Callable:
     """The DataLoader side of the training augmentation in `epoch`, normalized as the in-memory
     store does."""
-    mean = torch.tensor(augment.spec.mean, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(augment.spec.std, dtype=torch.float32)[:, None, None]
-    return lambda image, key: (augment.image(image, key, epoch) / 255.0 - mean) / std
+    mean, std = (torch.from_numpy(v) for v in channel_stats(augment.spec))
+    return lambda image, key: normalize(augment.image(image, key, epoch), mean, std)
 
 
 def eval_transform(spec: Preprocess) -> Callable:

@@ -22,7 +22,7 @@ import torch
 from alexnet_onnx.runtime.contract import Preprocess
 from alexnet_onnx.runtime.errors import ImageError
 from alexnet_onnx.runtime.session import available_cores
-from alexnet_onnx.runtime.preprocess import resize_and_crop
+from alexnet_onnx.runtime.preprocess import channel_stats, normalize, resize_and_crop
 
 from .augment import Augmentation
 from .data import Split
@@ -53,15 +53,14 @@ class ImageStore:
         labels = [split.source.labels[split.indices[i]] for i in keep]
         self.labels = torch.tensor(labels, dtype=torch.long, device=device)
         self.spec, self.train, self.augment, self.device = spec, train, augment, device
-        self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)[None, :, None, None]
-        self.std = torch.tensor(spec.std, dtype=torch.float32, device=device)[None, :, None, None]
+        self.mean, self.std = (torch.from_numpy(v).to(device) for v in channel_stats(spec))
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 -> float32, the same operations in the same order as runtime.preprocess."""
-        return (x.float() / 255.0 - self.mean) / self.std
+        """uint8 -> float32, by runtime.preprocess's own arithmetic."""
+        return normalize(x.float(), self.mean, self.std)
 
     def batches(self, batch_size: int, generator: Optional[torch.Generator] = None,
                 shard: tuple[int, int] = (0, 1), epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
