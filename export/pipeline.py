@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Collection, Optional
 
 import numpy as np
+from torch import nn
 
+from alexnet_onnx.runtime.atomic import atomic_write
 from alexnet_onnx.runtime.contract import Contract, package_version
 from alexnet_onnx.runtime.errors import DataError, ImageError, ModelError, UsageError
 from alexnet_onnx.runtime.image import load_image
@@ -17,7 +20,6 @@ from alexnet_onnx.runtime.inputs import walk_images
 from alexnet_onnx.runtime.preprocess import preprocess
 from alexnet_onnx.runtime.session import create_session
 
-from alexnet_onnx.runtime.atomic import atomic_write
 from alexnet_onnx.train.checkpoint import sha256_file
 from alexnet_onnx.train.config import TrainConfig
 from alexnet_onnx.train.data import load_splits
@@ -34,76 +36,120 @@ class ParityError(ModelError):
     """A variant failed its gate; nothing was written for it."""
 
 
-def output_paths(output: Path, quantize: str) -> dict[str, Path]:
-    """Where each variant goes: -o for a single variant; with `all`, fp32 at -o and the others
-    beside it as NAME.int8.onnx and NAME.fp16.onnx."""
-    if quantize == "all":
-        stem = output.name.removesuffix(".onnx")
-        return {"fp32": output, "int8": output.with_name(f"{stem}.int8.onnx"), "fp16": output.with_name(f"{stem}.fp16.onnx")}
-    return {"fp32" if quantize == "none" else quantize: output}
+@dataclass(frozen=True)
+class Gate:
+    """The parity gate's verdict: each variant's report, the files written, the targets refused."""
+
+    results: dict[str, VariantReport]
+    written: dict[str, Path]
+    failed: tuple[str, ...]
+
+    def error(self) -> ParityError:
+        return ParityError(
+            f"{', '.join(self.failed)} failed the gate ({'; '.join(self.results[n].gate for n in self.failed)}); "
+            f"nothing written for {'it' if len(self.failed) == 1 else 'them'}"
+            + (" (raise --max-drop to accept)" if "fp32" not in self.failed else "")
+        )
 
 
 def export_checkpoint(
     checkpoint: Path, output: Path, options: ExportOptions = ExportOptions(), log: Log = print, *, measure_speed: bool = True
 ) -> dict:
-    """Export CHECKPOINT to OUTPUT (and variants), prove parity, return the report dict."""
-    quantize, calib_dir, calib_size, calib_method = options.quantize, options.calib_dir, options.calib_size, options.calib_method
-    verify_dir, verify_size, max_drop = options.verify_dir, options.verify_size, options.max_drop
-    report_path, force = options.report_path, options.force
-    targets = output_paths(output, quantize)
+    """Export CHECKPOINT to OUTPUT (and variants), prove parity, return the report dict.
+    `measure_speed=False` leaves the latency columns out of the report."""
+    targets = choose_targets(output, options.quantize, force=options.force)
+    model, contract, ckpt = model_from_checkpoint(checkpoint)
+    contract = contract.with_(source_checkpoint_sha256=sha256_file(checkpoint), created_with=package_version())
+    log(f"exporting {checkpoint} ({contract.arch}, {contract.num_classes} classes) to ONNX")
+    verify = verify_set(contract, ckpt, options.verify_dir, options.verify_size, log)
+    variants = build_variants(model, contract, ckpt, targets, options, log)
+    gate = gate_and_write(model, variants, targets, verify, options.max_drop, log)
+    report = write_report(checkpoint, output, variants, gate, verify, options,
+                          crop=contract.preprocess.crop, measure_speed=measure_speed, log=log)
+    if gate.failed:
+        raise gate.error()
+    return report
+
+
+def choose_targets(output: Path, quantize: str, *, force: bool) -> dict[str, Path]:
+    """Where each variant goes: -o for a single variant; with `all`, fp32 at -o and the others
+    beside it as NAME.int8.onnx and NAME.fp16.onnx. Refuses a directory, and an existing file
+    unless `force`."""
+    if quantize == "all":
+        stem = output.name.removesuffix(".onnx")
+        targets = {"fp32": output, "int8": output.with_name(f"{stem}.int8.onnx"), "fp16": output.with_name(f"{stem}.fp16.onnx")}
+    else:
+        targets = {"fp32" if quantize == "none" else quantize: output}
     for path in targets.values():
         if path.is_dir():
             raise UsageError(f"{path}: is a directory; give a file name such as model.onnx")
         if path.exists() and not force:
             raise UsageError(f"{path}: already exists; pass --force to replace it")
-    model, contract, ckpt = model_from_checkpoint(checkpoint)
-    contract = contract.with_(source_checkpoint_sha256=sha256_file(checkpoint), created_with=package_version())
-    log(f"exporting {checkpoint} ({contract.arch}, {contract.num_classes} classes) to ONNX")
-    fp32 = to_onnx(model, contract.with_(variant="fp32")).SerializeToString()
-    verify = verify_set(contract, ckpt, verify_dir, verify_size, log)
-    reference = {"random": torch_logits(model, verify.random), "images": torch_logits(model, verify.images)}
+    return targets
 
+
+def build_variants(
+    model: nn.Module, contract: Contract, ckpt: dict, names: Collection[str], options: ExportOptions, log: Log
+) -> dict[str, bytes]:
+    """Serialized models, each with the contract for its variant: fp32 always (the reference the
+    others derive from), int8 (calibrated on `options.calib_dir` or the checkpoint's training
+    split) and fp16 when in `names`."""
+    fp32 = to_onnx(model, contract.with_(variant="fp32")).SerializeToString()
     variants = {"fp32": fp32}
-    if "int8" in targets:
+    if "int8" in names:
         from .quantize import quantize_int8
 
-        calib, _, calib_source = image_arrays(contract, ckpt, calib_dir, calib_size, log, split="train", seed=1)
-        log(f"calibrating int8 ({calib_method}) on {calib_source}")
-        variants["int8"] = with_contract(quantize_int8(fp32, calib, calib_method), contract.with_(variant="int8"))
-    if "fp16" in targets:
+        calib, _, calib_source = image_arrays(contract, ckpt, options.calib_dir, options.calib_size, log, split="train", seed=1)
+        log(f"calibrating int8 ({options.calib_method}) on {calib_source}")
+        variants["int8"] = with_contract(quantize_int8(fp32, calib, options.calib_method), contract.with_(variant="int8"))
+    if "fp16" in names:
         from .quantize import convert_fp16
 
         variants["fp16"] = with_contract(convert_fp16(fp32), contract.with_(variant="fp16"))
+    return variants
 
-    rows: dict[str, dict] = {}
+
+def gate_and_write(
+    model: nn.Module, variants: dict[str, bytes], targets: dict[str, Path], verify: VerifySet, max_drop: float, log: Log
+) -> Gate:
+    """Every variant against PyTorch on `verify`; each target that passes is written atomically,
+    none when fp32 fails (the others derive from it). A refused target's path is left untouched."""
+    reference = {"random": torch_logits(model, verify.random), "images": torch_logits(model, verify.images)}
     results: dict[str, VariantReport] = {}
     for name, data in variants.items():
         results[name] = check_variant(name, data, reference, verify, max_drop)
-        rows[name] = {**results[name].to_dict(), "size_mb": len(data) / 1e6, "written_to": None}
-        if measure_speed:
-            rows[name].update(latency_b1_ms=latency_ms(data, contract.preprocess.crop, 1),
-                              latency_b32_ms=latency_ms(data, contract.preprocess.crop, 32))
         log(results[name].line())
     failed = [n for n in targets if not results[n].passed]
-    if not results["fp32"].passed:  # the variants derive from fp32: none of them can be trusted
+    if not results["fp32"].passed:
         failed = ["fp32", *[n for n in targets if n != "fp32"]]
+    written: dict[str, Path] = {}
     for name, path in targets.items():
         if name not in failed:
             atomic_write(path, lambda f, d=variants[name]: f.write(d))
-            rows[name]["written_to"] = str(path)
+            written[name] = path
             log(f"wrote {path} ({len(variants[name]) / 1e6:.1f} MB, {name})")
-    report = {"checkpoint": str(checkpoint), "verify_images": verify.source, "max_drop_pp": max_drop, **rows}
+    return Gate(results, written, tuple(failed))
+
+
+def write_report(
+    checkpoint: Path, output: Path, variants: dict[str, bytes], gate: Gate, verify: VerifySet, options: ExportOptions,
+    *, crop: int, measure_speed: bool, log: Log,
+) -> dict:
+    """One row per variant (parity, size, file, latency on this machine): printed as a table,
+    written to NAME.report.md beside `output` and, with `options.report_path`, as JSON."""
+    rows: dict[str, dict] = {}
+    for name, data in variants.items():
+        written = gate.written.get(name)
+        rows[name] = {**gate.results[name].to_dict(), "size_mb": len(data) / 1e6,
+                      "written_to": None if written is None else str(written)}
+        if measure_speed:
+            rows[name].update(latency_b1_ms=latency_ms(data, crop, 1), latency_b32_ms=latency_ms(data, crop, 32))
+    report = {"checkpoint": str(checkpoint), "verify_images": verify.source, "max_drop_pp": options.max_drop, **rows}
     log(text_table(rows))
-    if report_path is not None:
-        atomic_write(report_path, lambda f: f.write(json.dumps(report, indent=2).encode()))
+    if options.report_path is not None:
+        atomic_write(options.report_path, lambda f: f.write(json.dumps(report, indent=2).encode()))
     markdown = markdown_table(rows, verify.source)
     atomic_write(output.with_name(output.name.removesuffix(".onnx") + ".report.md"), lambda f: f.write(markdown.encode()))
-    if failed:
-        raise ParityError(
-            f"{', '.join(failed)} failed the gate ({'; '.join(results[n].gate for n in failed)}); "
-            f"nothing written for {'it' if len(failed) == 1 else 'them'}"
-            + (" (raise --max-drop to accept)" if "fp32" not in failed else "")
-        )
     return report
 
 
