@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import sys
@@ -23,8 +25,13 @@ FEW_IMAGES = 4
                epilog=exit_codes_help(EXIT_SOME_FAILED))
 @click.option("-m", "--model", "model", required=True, type=click.Path(path_type=Path), help="The .onnx model.")
 @click.argument("paths", nargs=-1, type=click.Path())  # str: a URI keeps its "//"
-@click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1), help="Labels per image.")
-@click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(["text", "json", "csv"]))
+@click.option("--top-k", type=click.IntRange(min=1),
+              help="Labels per image [default: 1]. With --eval: also report top-K accuracy (top-1 and top-5 "
+                   "always are).")
+@click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(["text", "json", "csv"]),
+              help="With --eval: json is one object {top1, top5, [topK,] n, failed, per_class}; csv is a header "
+                   "(scope,label,n,failed,top1,top5[,topK]), a row 'all' for every image, then a row 'class' "
+                   "per label (empty accuracies where none of its images could be read).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="Threads (default: the usable cores).")
 @click.option("--decode", default="exact", show_default=True, type=click.Choice(["exact", "fast"]),
@@ -41,7 +48,7 @@ FEW_IMAGES = 4
 def main(
     model: Path,
     paths: tuple[str, ...],
-    top_k: int,
+    top_k: int | None,
     fmt: str,
     batch_size: int,
     threads: int | None,
@@ -69,7 +76,10 @@ def main(
         if output is not None and ray_address is None:
             raise UsageError("--output goes with --ray (without it the results go to standard output)")
         if ray_address is not None:
-            return _cluster(model, paths, eval_dir, ray_address, output, fmt, top_k, batch_size, decode, threads, debug)
+            if eval_dir is not None and top_k is not None:
+                raise UsageError("--top-k with --eval is not available with --ray (it reports top-1 and top-5)")
+            return _cluster(model, paths, eval_dir, ray_address, output, fmt, top_k or 1, batch_size, decode, threads,
+                            debug)
         from .predictor import Predictor
         from .session import available_cores
 
@@ -80,8 +90,8 @@ def main(
         # (exit 3) before any result is written, since results wait for the session.
         predictor = Predictor(model, threads=threads if few else 1, few_images=few, decode=decode, background=True)
         if eval_dir is not None:
-            return _evaluate(predictor, eval_dir, fmt, batch_size, workers)
-        return _predict(predictor, paths, fmt, top_k, batch_size, workers)
+            return _evaluate(predictor, eval_dir, fmt, top_k, batch_size, workers)
+        return _predict(predictor, paths, fmt, top_k or 1, batch_size, workers)
 
     run(go, debug=debug)
 
@@ -115,7 +125,7 @@ def _predict(predictor, paths, fmt: str, top_k: int, batch_size: int, workers: i
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-def _evaluate(predictor, root: Path, fmt: str, batch_size: int, workers: int) -> int:
+def _evaluate(predictor, root: Path, fmt: str, top_k: int | None, batch_size: int, workers: int) -> int:
     from .evaluate import evaluate
 
     def on_error(message: str) -> None:
@@ -123,18 +133,29 @@ def _evaluate(predictor, root: Path, fmt: str, batch_size: int, workers: int) ->
 
     with Progress("images") as progress:
         report = evaluate(predictor, root, batch_size=batch_size, workers=workers, on_error=on_error,
-                          on_progress=progress.update)
+                          on_progress=progress.update, top_k=top_k)
     return _report(report, fmt)
 
 
 def _report(report, fmt: str) -> int:
     if fmt == "json":
         click.echo(json.dumps(report.to_dict(), allow_nan=False))
+    elif fmt == "csv":
+        out = io.StringIO()
+        rows = csv.writer(out, lineterminator="\n")
+        for row in report.csv_rows():
+            rows.writerow([printable(cell) if isinstance(cell, str) else cell for cell in row])
+        click.echo(out.getvalue(), nl=False)
     else:
-        click.echo(f"top-1 {report.top1:.4f}  top-5 {report.top5:.4f}  n {report.n}  failed {report.failed}")
+        click.echo(f"{_tops(report.ks, report.to_dict())}  n {report.n}  failed {report.failed}")
         for label, stats in report.per_class.items():
-            click.echo(f"  {printable(label):<20} top-1 {stats['top1']:.4f}  n {stats['n']}")
+            click.echo(f"  {printable(label):<20} {_tops(report.ks, stats)}  n {stats['n']}  failed {stats['failed']}")
     return EXIT_SOME_FAILED if report.failed else EXIT_OK
+
+
+def _tops(ks: tuple[int, ...], stats: dict) -> str:
+    """The top<k> fields of a report or a class as "top-1 0.5000  top-5 0.9000" ("-" for none)."""
+    return "  ".join(f"top-{k} " + ("-" if stats[f"top{k}"] is None else f"{stats[f'top{k}']:.4f}") for k in ks)
 
 
 def _cluster(model: Path, paths, eval_dir: Path | None, address: str, output: Path | None, fmt: str, top_k: int,

@@ -2,36 +2,60 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
+from . import folders
 from .classify import Result, classify
 from .errors import DataError
 from .inputs import walk_images
 from .predictor import Predictor
 
 
+# Accuracies every report has; `--top-k K` adds top-K.
+REPORTED_K = (1, 5)
+CSV_HEADER = ("scope", "label", "n", "failed")
+
+
 @dataclass
 class EvalReport:
+    """Accuracy over the images that were classified (`n`; `failed` could not be read), overall
+    and per class: `accuracy[k]` is the top-k accuracy for each k in `ks`."""
+
+    ks: tuple[int, ...] = REPORTED_K
     n: int = 0
-    top1: float = 0.0
-    top5: float = 0.0
-    per_class: dict = field(default_factory=dict)
     failed: int = 0
+    accuracy: dict[int, float] = field(default_factory=dict)
+    per_class: dict[str, dict] = field(default_factory=dict)  # label -> n, failed, top<k> (None when n is 0)
+
+    @property
+    def top1(self) -> float:
+        return self.accuracy[1]
+
+    @property
+    def top5(self) -> float:
+        return self.accuracy[5]
 
     def to_dict(self) -> dict:
-        return {"top1": self.top1, "top5": self.top5, "n": self.n, "failed": self.failed, "per_class": self.per_class}
+        """`--format json`'s object: top<k> for each k, n, failed, per_class."""
+        return {**{f"top{k}": self.accuracy[k] for k in self.ks}, "n": self.n, "failed": self.failed,
+                "per_class": self.per_class}
+
+    def csv_rows(self) -> list[list]:
+        """`--format csv`'s rows: the header, one "all" row, then one "class" row per label."""
+        tops = [f"top{k}" for k in self.ks]
+        rows = [[*CSV_HEADER, *tops], ["all", "", self.n, self.failed, *(self.accuracy[k] for k in self.ks)]]
+        for label, stats in self.per_class.items():
+            rows.append(["class", label, stats["n"], stats["failed"], *("" if stats[t] is None else stats[t] for t in tops)])
+        return rows
 
 
 def class_folders(root: Path, labels: tuple[str, ...]) -> list[str]:
     """The class folders of `root` in label order; refuses folders that are not labels."""
-    if not root.is_dir():
-        raise DataError(f"{root}: not a directory (expected an ImageFolder: DIR/<label>/<image>)")
-    names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    names = folders.class_folders(root)
     unknown = [n for n in names if n not in labels]
     if unknown:
         raise DataError(
@@ -52,32 +76,39 @@ def labeled_images(root: Path, labels: tuple[str, ...]) -> list[tuple[Path, int]
 
 
 class Scorer:
-    """Top-1/top-5 and per-class counts, fed one (truth, Result) at a time."""
+    """Top-k hits and counts per class, fed one (truth, Result) at a time. `k`: a top-k accuracy
+    to report besides top-1 and top-5 (the Results must rank at least that many labels)."""
 
-    def __init__(self, labels: tuple[str, ...]) -> None:
+    def __init__(self, labels: tuple[str, ...], k: int | None = None) -> None:
         self.labels = labels
-        self.hits1 = np.zeros(len(labels), np.int64)
-        self.hits5 = np.zeros(len(labels), np.int64)
+        self.ks = tuple(sorted(set(REPORTED_K) | ({k} if k else set())))
+        self.hits = {k: np.zeros(len(labels), np.int64) for k in self.ks}
         self.counts = np.zeros(len(labels), np.int64)
-        self.failed = 0
+        self.failures = np.zeros(len(labels), np.int64)
+
+    @property
+    def failed(self) -> int:
+        return int(self.failures.sum())
 
     def add(self, target: int, result: Result) -> None:
         if result.prediction is None:
-            self.failed += 1
+            self.failures[target] += 1
             return
         self.counts[target] += 1
-        self.hits1[target] += result.prediction.index == target
-        self.hits5[target] += self.labels[target] in (label for label, _ in result.prediction.top_k)
+        ranked = [label for label, _ in result.prediction.top_k]
+        rank = ranked.index(self.labels[target]) if self.labels[target] in ranked else len(self.labels)
+        for k in self.ks:
+            self.hits[k][target] += rank < k
 
     def report(self) -> EvalReport:
-        labels, counts = self.labels, self.counts
-        report = EvalReport(n=int(counts.sum()), failed=self.failed)
-        if report.n:
-            report.top1 = float(self.hits1.sum() / report.n)
-            report.top5 = float(self.hits5.sum() / report.n)
-        report.per_class = {
-            labels[i]: {"top1": float(self.hits1[i] / counts[i]), "n": int(counts[i])} for i in range(len(labels)) if counts[i]
-        }
+        n = int(self.counts.sum())
+        report = EvalReport(ks=self.ks, n=n, failed=self.failed,
+                            accuracy={k: float(self.hits[k].sum() / n) if n else 0.0 for k in self.ks})
+        for i, label in enumerate(self.labels):
+            count, failures = int(self.counts[i]), int(self.failures[i])
+            if count or failures:
+                tops = {f"top{k}": float(self.hits[k][i] / count) if count else None for k in self.ks}
+                report.per_class[label] = {**tops, "n": count, "failed": failures}
         return report
 
 
@@ -89,11 +120,14 @@ def evaluate(
     workers: int,
     on_error: Callable[[str], None],
     on_progress: Optional[Callable[[int], None]] = None,
+    top_k: int | None = None,
 ) -> EvalReport:
+    """Classify every image of the ImageFolder `root` and score the answers (top-1, top-5, and
+    top-`top_k` when given); images that cannot be read go to `on_error` and count as failed."""
     items = labeled_images(root, predictor.labels)
-    scorer = Scorer(predictor.labels)
-    k = min(5, len(predictor.labels))
-    results = classify(predictor, (p for p, _ in items), batch_size=batch_size, top_k=k, workers=workers)
+    scorer = Scorer(predictor.labels, top_k)
+    ranked = min(max(scorer.ks), len(predictor.labels))
+    results = classify(predictor, (p for p, _ in items), batch_size=batch_size, top_k=ranked, workers=workers)
     for done, ((_, target), result) in enumerate(zip(items, results), start=1):
         scorer.add(target, result)
         if result.prediction is None:

@@ -108,6 +108,36 @@ def test_eval_matches_predictor(exported_model, tiny_folder):
     assert report["top1"] == pytest.approx(expected)
 
 
+def test_eval_csv_is_a_header_and_one_row_overall_and_per_class(exported_model, tiny_folder, tmp_path):
+    data = tmp_path / "test"
+    shutil.copytree(tiny_folder / "test", data)
+    (data / "cat" / "garbage.png").write_bytes(b"not an image")
+    result = predict("-m", exported_model, "--eval", data, "--format", "csv")
+    assert result.exit_code == 1, result.output  # one image failed
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows[0] == ["scope", "label", "n", "failed", "top1", "top5"]
+    assert rows[1][:4] == ["all", "", "12", "1"]
+    assert [r[:4] for r in rows[2:]] == [["class", "cat", "4", "1"], ["class", "dog", "4", "0"], ["class", "owl", "4", "0"]]
+    report = json.loads(predict("-m", exported_model, "--eval", data, "--format", "json").stdout)
+    assert [float(v) for v in rows[1][4:]] == [report["top1"], report["top5"]]
+    for row in rows[2:]:
+        assert [float(v) for v in row[4:]] == [report["per_class"][row[1]][k] for k in ("top1", "top5")]
+
+
+def test_eval_with_top_k_reports_that_accuracy_too(exported_model, tiny_folder):
+    files = sorted((tiny_folder / "test").glob("*/*.png"))
+    preds = Predictor(exported_model).predict(files, top_k=2)
+    expected = np.mean([f.parent.name in [label for label, _ in pred.top_k] for pred, f in zip(preds, files)])
+    args = ("-m", exported_model, "--eval", tiny_folder / "test", "--top-k", 2)
+    report = json.loads(predict(*args, "--format", "json").stdout)
+    assert list(report)[:3] == ["top1", "top2", "top5"] and report["top2"] == pytest.approx(expected)
+    assert report["top1"] <= report["top2"] <= report["top5"]
+    assert all(set(stats) == {"top1", "top2", "top5", "n", "failed"} for stats in report["per_class"].values())
+    assert next(csv.reader(io.StringIO(predict(*args, "--format", "csv").stdout)))[4:] == ["top1", "top2", "top5"]
+    text = predict(*args).stdout.splitlines()
+    assert text[0].startswith(f"top-1 {report['top1']:.4f}  top-2 {report['top2']:.4f}  top-5 ")
+
+
 def test_eval_refuses_unknown_class_folders(exported_model, tmp_path):
     for name in ("cat", "zebra", "yak"):
         (tmp_path / name).mkdir()
@@ -149,6 +179,7 @@ BIN = Path(sys.executable).parent
     ("onnx-predict", ["-m", "{model}"]),
     ("onnx-predict", ["-m", "{model}", "--top-k", "0", "x.jpg"]),
     ("onnx-predict", ["-m", "{model}", "--format", "xml", "x.jpg"]),
+    ("onnx-predict", ["-m", "{model}", "--eval", "d", "--ray", "local", "--top-k", "3"]),
     ("onnx-predict", ["--no-such-option"]),
     ("train-alexnet", ["--data-dir", "d", "--arch", "vgg", "--epochs", "1", "--dataset", "cifar10"]),
     ("train-alexnet", ["--data-dir", "d"]),
