@@ -20,8 +20,7 @@ import torch
 
 from alexnet_onnx.export.onnx_export import model_from_checkpoint
 from alexnet_onnx.runtime import Predictor
-from alexnet_onnx.runtime.evaluate import class_folders
-from alexnet_onnx.runtime.inputs import walk_images
+from alexnet_onnx.runtime.evaluate import labeled_images
 from alexnet_onnx.runtime.session import available_cores
 
 
@@ -38,7 +37,7 @@ def main() -> None:
     model, contract, _ = model_from_checkpoint(args.checkpoint)
     torch.set_num_threads(available_cores())
     labels = list(contract.labels)
-    items = [(path, labels.index(name)) for name in class_folders(args.dir, contract.labels) for path in walk_images(args.dir / name)]
+    items = labeled_images(args.dir, contract.labels)  # onnx-predict --eval's images, in its order
     truth = np.array([t for _, t in items])
     reference = Predictor(args.model[0])  # the runtime's preprocessing, for PyTorch's inputs too
     inputs = np.stack([reference.preprocess(path) for path, _ in items])

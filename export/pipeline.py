@@ -15,6 +15,7 @@ from torch import nn
 from alexnet_onnx.runtime.atomic import atomic_write
 from alexnet_onnx.runtime.contract import Contract, package_version
 from alexnet_onnx.runtime.errors import DataError, ImageError, ModelError, UsageError
+from alexnet_onnx.runtime.evaluate import labeled_images
 from alexnet_onnx.runtime.image import load_image
 from alexnet_onnx.runtime.inputs import walk_images
 from alexnet_onnx.runtime.preprocess import preprocess
@@ -185,10 +186,13 @@ def image_arrays(
     if directory is not None:
         if not directory.is_dir():
             raise DataError(f"{directory}: not a directory of images")
-        for path in walk_images(directory):
-            top = path.relative_to(directory).parts[0]
+        if any((directory / label).is_dir() for label in contract.labels):  # class folders: --eval's rules
+            found: list = labeled_images(directory, contract.labels)
+        else:  # any other folder of images is used unlabeled
+            found = [(path, None) for path in walk_images(directory)]
+        for path, label in found:
             loaders.append(lambda p=path: load_image(p))
-            labels.append(contract.labels.index(top) if top in contract.labels else None)
+            labels.append(label)
         source = str(directory)
     else:
         try:  # the checkpoint's own data, where it was trained: never downloaded or created here

@@ -3,7 +3,6 @@ produce them when a machine is online. A Source is a list of labels plus `image(
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import shutil
@@ -15,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from alexnet_onnx.runtime.errors import DataError
+from alexnet_onnx.runtime.folders import class_folders
 from alexnet_onnx.runtime.image import load_image
 from alexnet_onnx.runtime.inputs import walk_images
 
@@ -40,10 +40,9 @@ class Source:
 
 
 def image_folder(root: Path, classes: Optional[Sequence[str]] = None) -> Source:
-    """root/<class>/**/<image>; with `classes` given, the folder must have exactly those."""
-    if not root.is_dir():
-        raise DataError(f"{root}: not a directory (expected <class>/<image> folders)")
-    found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    """root/<class>/**/<image> (runtime.folders' rules); with `classes` given, the folder must
+    have exactly those."""
+    found = class_folders(root)
     if classes is not None and found != list(classes):
         raise DataError(f"{root}: class folders {found} differ from the training classes {list(classes)}")
     if len(found) < 2:
@@ -51,8 +50,6 @@ def image_folder(root: Path, classes: Optional[Sequence[str]] = None) -> Source:
     paths, labels = [], []
     for index, name in enumerate(found):
         files = list(walk_images(root / name))
-        if not files:
-            raise DataError(f"{root / name}: class folder has no images")
         paths += files
         labels += [index] * len(files)
     return Source(found, labels, paths=paths)
