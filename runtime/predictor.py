@@ -28,10 +28,9 @@ from .image import DECODE_MODES, DECODES, FAST_DECODE_FACTOR, ImageSource, decod
 from .modelfile import ModelFile, open_model
 from .preprocess import preprocess
 from .session import create_session
+from .signature import CHANNELS, SignatureError, check_signature
 
 PredictInput = Union[str, os.PathLike, Image.Image, np.ndarray]
-_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-_OUTPUT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
 
 
 @dataclass(frozen=True)
@@ -125,36 +124,19 @@ class Predictor:
             raise ModelError(str(exc)) from None
 
     def _check_signature(self, session) -> None:
-        """The one input and first output must fit the contract; a fixed batch size is kept and
-        honoured; a class count that shape inference leaves open is settled by a tiny run."""
-        inputs, outputs = session.get_inputs(), session.get_outputs()
-        if len(inputs) != 1 or len(outputs) < 1:
-            raise ModelError(f"{self.path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
+        """Keep what `check_signature` finds (a fixed batch size is honoured); a class count that
+        shape inference leaves open is settled by a tiny run."""
         crop = self.contract.preprocess.crop
-        spec, out = inputs[0], outputs[0]
-        if spec.type not in _FLOAT_TYPES:
-            raise ModelError(f"{self.path}: input {spec.name!r} is {spec.type}; expected tensor(float) or tensor(float16)")
-        if out.type not in _OUTPUT_TYPES:
-            raise ModelError(f"{self.path}: output {out.name!r} is {out.type}; expected a float tensor")
-        shape = list(spec.shape)
-        if len(shape) != 4 or shape[1:] != [3, crop, crop]:
-            raise ModelError(
-                f"{self.path}: input shape {shape} does not match the contract (batch, 3, {crop}, {crop})"
-            )
-        oshape = list(out.shape)
-        if len(oshape) != 2 or (isinstance(oshape[1], int) and oshape[1] != self.contract.num_classes):
-            raise ModelError(
-                f"{self.path}: output shape {oshape} does not match the contract's "
-                f"{self.contract.num_classes} labels"
-            )
-        batch = shape[0] if isinstance(shape[0], int) else None
-        if batch is not None and batch < 1:
-            raise ModelError(f"{self.path}: input batch dimension is {batch}")
-        self.input_name, self.output_name = spec.name, out.name
-        self.input_dtype = _FLOAT_TYPES[spec.type]
-        self.fixed_batch = batch
-        if not isinstance(oshape[1], int):
-            self._logits(session, np.zeros((batch or 1, 3, crop, crop), np.float32))
+        try:
+            signature = check_signature(session.get_inputs(), session.get_outputs(), crop=crop,
+                                        num_classes=self.contract.num_classes)
+        except SignatureError as exc:
+            raise ModelError(f"{self.path}: {exc}") from None
+        self.input_name, self.output_name = signature.input_name, signature.output_name
+        self.input_dtype = signature.input_dtype
+        self.fixed_batch = signature.fixed_batch
+        if not signature.classes_declared:
+            self._logits(session, np.zeros((self.fixed_batch or 1, CHANNELS, crop, crop), np.float32))
 
     @property
     def labels(self) -> tuple[str, ...]:
