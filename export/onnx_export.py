@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -12,6 +13,9 @@ from alexnet_onnx.runtime.contract import Contract
 
 from alexnet_onnx.train.checkpoint import load_checkpoint
 from alexnet_onnx.train.evaluation import shipped_from_checkpoint
+
+if TYPE_CHECKING:
+    import onnx
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -24,7 +28,7 @@ def model_from_checkpoint(path: Path) -> tuple[nn.Module, Contract, dict]:
     return model, contract, ckpt
 
 
-def to_onnx(model: nn.Module, contract: Contract) -> "onnx.ModelProto":  # noqa: F821
+def to_onnx(model: nn.Module, contract: Contract) -> onnx.ModelProto:
     """Export with the dynamo exporter: fixed HxW, dynamic batch, single file, contract in
     metadata_props, checked with onnx.checker (full_check)."""
     import onnx
@@ -50,24 +54,23 @@ def to_onnx(model: nn.Module, contract: Contract) -> "onnx.ModelProto":  # noqa:
     return proto
 
 
-def pretranspose_gemm_weights(graph) -> int:
+def pretranspose_gemm_weights(graph) -> None:
     """Store each constant Gemm weight as (in, out) with transB=0 instead of PyTorch's (out, in)
-    with transB=1; the same product, returns how many changed. onnxruntime packs a transposed B
-    on every call when weights are not pre-packed (what onnx-predict does for a few images),
-    several times the cost of the product itself (docs/performance.md)."""
+    with transB=1: the same product. onnxruntime packs a transposed B on every call when weights
+    are not pre-packed (what onnx-predict does for a few images), several times the cost of the
+    product itself (docs/performance.md)."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
 
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
-        return 0  # a subgraph may read a weight too: leave such models as they are
+        return  # a subgraph may read a weight too: leave such models as they are
     initializers = {t.name: t for t in graph.initializer}
     # Graph outputs, and inputs a caller could feed instead, are uses the Gemm cannot see.
     uses: dict[str, int] = {v.name: 1 for v in [*graph.output, *graph.input]}
     for node in graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    changed = 0
     for node in graph.node:
         if node.op_type != "Gemm" or len(node.input) < 2:
             continue
@@ -78,14 +81,12 @@ def pretranspose_gemm_weights(graph) -> int:
         array = numpy_helper.to_array(weight)
         weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array.T), weight.name))
         trans_b.i = 0
-        changed += 1
         for info in graph.value_info:  # a shape recorded for the weight, if any
             if info.name == weight.name:
                 shape = info.type.tensor_type.shape
                 del shape.dim[:]
                 for size in array.T.shape:
                     shape.dim.add().dim_value = size
-    return changed
 
 
 def set_contract(proto, contract: Contract) -> None:

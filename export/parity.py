@@ -17,7 +17,6 @@ import torch
 from alexnet_onnx.runtime.predictor import softmax
 
 FP32_MAX_ABS_DIFF = 1e-4
-DEFAULT_MAX_DROP_PP = 1.0
 RANDOM_INPUTS = 16
 _BATCH = 32
 

@@ -19,10 +19,11 @@ import numpy as np
 from .options import CALIBRATION_METHODS
 
 # onnxruntime's entropy calibrator defaults to as many histogram bins as quantized bins (128), which
-# leaves its KL search a single candidate, the full range: the model came out byte-identical to
+# leaves its KL search a single candidate, the full range: the model would be byte-identical to
 # minmax's. quantize_static passes no bin counts through, so `_entropy_bins` hands the calibrator
 # 2048 bins (TensorRT's choice), giving it thresholds to choose from.
 ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}
+_CALIB_BATCH = 16  # the most images per calibration batch
 
 
 @contextmanager
@@ -45,7 +46,6 @@ def _entropy_bins() -> Iterator[None]:
         yield
     finally:
         ort_quantize.create_calibrator = original
-_CALIB_BATCH = 16
 
 
 def quantize_int8(fp32: bytes, calibration: np.ndarray, method: str) -> bytes:

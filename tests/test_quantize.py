@@ -128,8 +128,8 @@ def test_calibration_dir_without_images_exits_3(trained_run, tmp_path):
 
 def test_each_calibration_method_calibrates_differently(exported_model, tiny_folder):
     """minmax, entropy and percentile must each reach onnxruntime's calibrator with what it needs:
-    three methods, three different sets of activation scales (entropy once came out identical to
-    minmax: onnxruntime's default bin counts left its search one candidate)."""
+    three methods, three different sets of activation scales (with onnxruntime's default bin counts
+    entropy's search has one candidate and gives minmax's scales)."""
     import onnx
     from onnx import numpy_helper
 
