@@ -66,7 +66,7 @@ _DEEP_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 # 4032x3024 give 1.46x-1.48x for a 256 resize) but not the 1.05x of a 2-Mpixel one at 1/4.
 FAST_DECODE_FACTOR = 1.45
 DECODE_MODES = ("exact", "fast")
-_BAND_PIXELS = 1 << 20  # pixels converted at a time: temporaries stay a few MB
+BAND_PIXELS = 1 << 20  # pixels converted at a time: temporaries stay a few MB
 
 
 
@@ -239,7 +239,7 @@ def _banded(im: Image.Image, mode: str, convert) -> Image.Image:
     """`convert` applied to bands of rows of `im`, pasted into one new `mode` image."""
     w, h = im.size
     out = Image.new(mode, im.size)
-    rows = max(1, _BAND_PIXELS // w)
+    rows = max(1, BAND_PIXELS // w)
     for top in range(0, h, rows):
         out.paste(convert(im.crop((0, top, w, min(h, top + rows)))), (0, top))
     return out

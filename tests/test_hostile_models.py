@@ -207,9 +207,9 @@ def test_a_reference_the_walk_missed_still_cannot_resolve(exported_model, tmp_pa
     with_external("constant", model)
     path = save(model, tmp_path / "models")
     (tmp_path / "models" / "decoy.bin").write_bytes(np.full(3, 1000, np.float32).tobytes())
-    original = protowalk._Walker.tensor
-    monkeypatch.setattr(protowalk._Walker, "tensor", lambda self, span, where: None if "node" in where
-                        or "attribute" in where else original(self, span, where))
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    # A walk that misses every reference: it reads the metadata and finds nothing else.
+    monkeypatch.setattr(protowalk, "scan_model", lambda buf: protowalk.Scan(metadata, ()))
     with pytest.raises(ModelError, match="not a valid ONNX model"):
         Predictor(path)
 

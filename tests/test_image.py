@@ -182,7 +182,7 @@ def _reference_policy(im: Image.Image) -> np.ndarray:
 @pytest.mark.parametrize("mode", ["I;16", "I", "I-wide", "F", "RGBA", "LA", "P-transparent", "I;16-transparent",
                                   "I-transparent"])
 def test_banded_conversion_equals_the_whole_image_policy(mode, monkeypatch):
-    monkeypatch.setattr(image_module, "_BAND_PIXELS", 97)  # many bands, ragged last one
+    monkeypatch.setattr(image_module, "BAND_PIXELS", 97)  # many bands, ragged last one
     rng = np.random.default_rng(7)
     h, w = 41, 23
     if mode.startswith("I;16"):
@@ -256,25 +256,44 @@ def test_files_larger_than_the_budget_are_refused_before_they_are_read(tmp_path,
         _read(path.as_uri(), path.as_uri())
 
 
-def test_the_decode_budget_holds_back_what_does_not_fit():
+def test_the_decode_budget_holds_back_what_does_not_fit(monkeypatch):
+    """B asks for 50 bytes while A holds 60 of 100: B waits until A lets go, then goes in alone.
+    The budget waits on a threading.Condition; watching its waits shows B held, without timing."""
     import threading
 
-    budget = image_module.MemoryBudget(100)
-    inside, peak = [0], [0]
-    lock = threading.Lock()
+    waits, moved = threading.Event(), threading.Event()
 
-    def work(amount):
-        with budget.hold(amount):
-            with lock:
-                inside[0] += amount
-                peak[0] = max(peak[0], inside[0])
-            threading.Event().wait(0.01)
-            with lock:
-                inside[0] -= amount
+    class Watched(threading.Condition):
+        def wait(self, timeout=None):
+            waits.set()
+            moved.set()
+            return super().wait(timeout)
 
-    threads = [threading.Thread(target=work, args=(a,)) for a in [60, 50, 40, 30, 70, 20] * 3]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert peak[0] <= 100 and budget.used == 0
+    with monkeypatch.context() as m:
+        m.setattr(threading, "Condition", Watched)
+        budget = image_module.MemoryBudget(100)
+    a_in, a_release = threading.Event(), threading.Event()
+    b_saw: list[int] = []
+
+    def a():
+        with budget.hold(60):
+            a_in.set()
+            a_release.wait(30)
+
+    def b():
+        with budget.hold(50):
+            b_saw.append(budget.used)
+            moved.set()
+
+    first = threading.Thread(target=a)
+    first.start()
+    assert a_in.wait(30)
+    second = threading.Thread(target=b)
+    second.start()
+    assert moved.wait(30)  # B either waits or (wrongly) went in
+    held = waits.is_set() and not b_saw and budget.used == 60
+    a_release.set()
+    first.join(30)
+    second.join(30)
+    assert held, f"B went in beside A (bytes in use then: {b_saw})"
+    assert b_saw == [50] and budget.used == 0
