@@ -36,7 +36,7 @@ FEW_IMAGES = 4
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="Threads (default: the usable cores).")
 @click.option("--decode", default="exact", show_default=True, type=click.Choice(["exact", "fast"]),
               help="exact: the training eval transform bit for bit; fast: JPEGs decoded at a reduced DCT "
-                   "scale first (camera photos several times faster; see README).")
+                   "scale first (camera photos several times faster; see docs/runtime.md).")
 @click.option("--eval", "eval_dir", type=click.Path(path_type=Path), help="Evaluate on an ImageFolder DIR instead.")
 @click.option("--ray", "ray_address", metavar="ADDRESS|auto|local",
               help="Run as a Ray Data pipeline: on the cluster at ADDRESS, the running one (auto), or a "
