@@ -1,4 +1,4 @@
-# make test  - create .venv, install .[train,cluster,dev], run the test suite (what CI runs)
+# make test  - create .venv, install .[train,cluster,serve,dev], run the test suite (what CI runs)
 # make demo  - train alexnet_cifar briefly on CIFAR-10, export to ONNX with the parity report,
 #              classify a few test images and evaluate the exported model
 # make bench - the benchmark scripts (not part of make test) for CKPT=...; bench-camera / bench-hostile / bench-cluster alone
@@ -20,7 +20,7 @@ install: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[train,cluster,dev]"
+	$(BIN)/pip install --quiet -e ".[train,cluster,serve,dev]"
 	touch $@
 
 test: install

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import socket as socket_module
 import struct
 import zlib
 from pathlib import Path
@@ -190,3 +191,27 @@ def png_header_only(path: Path, width: int, height: int) -> None:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+_REAL_CONNECT = socket_module.socket.connect
+_REAL_GETADDRINFO = socket_module.getaddrinfo
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+@pytest.fixture()
+def loopback_only(_no_network, monkeypatch):
+    """Connections to this machine's loopback address only (a test's own server); the internet
+    stays as unreachable as `_no_network` makes it."""
+
+    def connect(sock, address):
+        if address[0] not in LOOPBACK_HOSTS:
+            raise OSError("network disabled in tests")
+        return _REAL_CONNECT(sock, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in LOOPBACK_HOSTS:
+            raise OSError("network disabled in tests")
+        return _REAL_GETADDRINFO(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket_module.socket, "connect", connect)
+    monkeypatch.setattr(socket_module, "getaddrinfo", getaddrinfo)

@@ -20,7 +20,8 @@ result = CliRunner().invoke(main, ["-m", sys.argv[1], "--format", "json", sys.ar
 assert result.exit_code == 0, result.output
 p = Predictor(sys.argv[1])
 p.predict([sys.argv[2]])
-import alexnet_onnx.runtime.classify, alexnet_onnx.runtime.evaluate, alexnet_onnx.runtime.inputs, alexnet_onnx.runtime.image, alexnet_onnx.runtime.preprocess, alexnet_onnx.runtime.contract, alexnet_onnx.runtime.cluster
+import alexnet_onnx.runtime.classify, alexnet_onnx.runtime.evaluate, alexnet_onnx.runtime.inputs, alexnet_onnx.runtime.image, alexnet_onnx.runtime.preprocess, alexnet_onnx.runtime.contract, alexnet_onnx.runtime.cluster, alexnet_onnx.runtime.cluster_sources, alexnet_onnx.runtime.cluster_store, alexnet_onnx.runtime.rows
+import alexnet_onnx.runtime.serve, alexnet_onnx.runtime.serve_app, alexnet_onnx.runtime.serve_batcher, alexnet_onnx.runtime.serve_cli, alexnet_onnx.runtime.serve_models
 print(",".join(sorted(m for m in sys.modules if m.split(".")[0] in {forbidden})))
 """
 
@@ -72,4 +73,34 @@ def test_cluster_run_loads_no_torch_or_onnx_on_driver_or_workers(exported_model,
                            "--output", str(out)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr
     assert len(out.read_text().splitlines()) == 12
+    assert not log.exists(), f"forbidden imports attempted: {log.read_text()}"
+
+
+def test_serve_loads_no_torch_or_onnx_while_serving(exported_model, tiny_folder, tmp_path, loopback_only):
+    """onnx-serve started, asked to classify, stopped: no forbidden import was even attempted."""
+    import http.client
+    import re
+    import signal
+    import time
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE.replace("{forbidden}", repr(set(FORBIDDEN + ("ray",)))))
+    log, err = tmp_path / "imports.log", tmp_path / "serve.err"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "FORBIDDEN_IMPORT_LOG": str(log)}
+    exe = str(Path(sys.executable).parent / "onnx-serve")
+    with open(err, "wb") as stderr:
+        proc = subprocess.Popen([exe, "-m", str(exported_model), "--port", "0"], stderr=stderr, cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (found := re.search(rb"http://127\.0\.0\.1:(\d+)", err.read_bytes())):
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.05)
+        conn = http.client.HTTPConnection("127.0.0.1", int(found.group(1)), timeout=60)
+        conn.request("POST", "/v1/classify", body=next((tiny_folder / "test" / "cat").iterdir()).read_bytes())
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, err.read_text()
     assert not log.exists(), f"forbidden imports attempted: {log.read_text()}"
