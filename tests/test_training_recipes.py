@@ -369,7 +369,7 @@ def test_whitening_init_decorrelates_the_first_convs_patches(tiny_folder, tmp_pa
     import torch.nn.functional as F
 
     from alexnet_onnx.runtime.errors import UsageError
-    from alexnet_onnx.train.loop import _build
+    from alexnet_onnx.train.setup import build_run
     from alexnet_onnx.train.models import whiten_first_conv
 
     torch.manual_seed(0)
@@ -387,11 +387,11 @@ def test_whitening_init_decorrelates_the_first_convs_patches(tiny_folder, tmp_pa
     assert cov.diagonal()[0] > 0.99
 
     cfg = cfg_for(tiny_folder, tmp_path, init="whiten", ema=0.9, cache="memory")
-    run = _build(cfg, tmp_path, Dist(), None, lambda m: None)
+    run = build_run(cfg, log=lambda m: None)
     for net in (run.model, run.ema.model):
         w = net.features[0].weight
         assert torch.equal(w[1:54:2], -w[0:54:2])
-    plain = _build(cfg_for(tiny_folder, tmp_path, cache="memory"), tmp_path, Dist(), None, lambda m: None)
+    plain = build_run(cfg_for(tiny_folder, tmp_path, cache="memory"), log=lambda m: None)
     assert not torch.equal(plain.model.features[0].weight[1], -plain.model.features[0].weight[0])
     for bad in (dict(arch="alexnet"), dict(weights=str(tmp_path / "w.pt"))):
         with pytest.raises(UsageError, match="--init whiten"):
