@@ -513,3 +513,25 @@ def test_precision_is_a_choice_and_bf16_trains(tiny_folder, tmp_path, monkeypatc
         weights[precision] = torch.load(tmp_path / precision / "last.pt", weights_only=True)["model"]
     w16, w32 = weights["bf16"]["features.0.weight"], weights["fp32"]["features.0.weight"]
     assert torch.isfinite(w16).all() and not torch.equal(w16, w32)
+
+
+def test_validation_follows_the_training_precision_on_cuda_and_is_fp32_on_cpu(tiny_folder, tmp_path, monkeypatch):
+    """--precision fp32 on CUDA validates in fp32 too; bf16 and auto there validate in bf16; on
+    CPU validation is fp32 whatever the training precision. A bf16 run on CPU shows what the
+    training steps and the validation pass each ask autocast for."""
+    from alexnet_onnx.train.evaluation import validation_bf16
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert not validation_bf16(cuda, "fp32") and validation_bf16(cuda, "bf16") and validation_bf16(cuda, "auto")
+    assert not any(validation_bf16(cpu, precision) for precision in ("fp32", "bf16", "auto"))
+
+    asked, real = [], torch.autocast
+
+    def recording(device_type, dtype=None, enabled=True, **kwargs):
+        asked.append(("validation" if not torch.is_grad_enabled() else "training", device_type, dtype, enabled))
+        return real(device_type, dtype=dtype, enabled=enabled, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", recording)
+    train(cfg_for(tiny_folder, tmp_path / "run", epochs=1, limit_train=16, precision="bf16"), log=lambda m: None)
+    assert {a for a in asked if a[0] == "training"} == {("training", "cpu", torch.bfloat16, True)}
+    assert {a for a in asked if a[0] == "validation"} == {("validation", "cpu", torch.bfloat16, False)}

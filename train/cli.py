@@ -89,7 +89,8 @@ def _recipes_help() -> str:
                    "auto: memory on CUDA, none on CPU. Both apply the same augmentation.")
 @click.option("--precision", default=D["precision"], show_default=True, type=click.Choice(PRECISIONS),
               help="Training arithmetic: bf16 autocast or fp32; auto: bf16 on CUDA and on x86 CPUs with AMX or "
-                   "AVX512_BF16 (about 2x faster there), fp32 elsewhere. Validation, test and export are fp32 on CPU.")
+                   "AVX512_BF16 (about 2x faster there), fp32 elsewhere. Validation and test follow it on CUDA and are "
+                   "fp32 on CPU, as export is.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (CUDA only).")
 @debug_option
 def main(debug: bool, resume: bool, recipe: Optional[str], compile_: bool, **options) -> None:

@@ -71,13 +71,22 @@ def uses_bf16(device: torch.device, precision: str = "auto") -> bool:
     return device.type == "cpu" and any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
+def validation_bf16(device: torch.device, precision: str) -> bool:
+    """Whether validation and test run under bf16 autocast: on CUDA as training does (fp32 with
+    --precision fp32); never on CPU, where the exported fp32 model runs, so what is scored there
+    is what export ships."""
+    return device.type == "cuda" and uses_bf16(device, precision)
+
+
 def autocast(device: torch.device, precision: str = "auto"):
+    """The training step's autocast for --precision."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, device: torch.device, num_classes: int) -> dict:
-    """{"loss", "top1", "n", "confusion" (num_classes x num_classes, rows = truth)} over batches."""
+def evaluate(model: nn.Module, batches: Iterable, device: torch.device, num_classes: int, *, precision: str) -> dict:
+    """{"loss", "top1", "n", "confusion" (num_classes x num_classes, rows = truth)} over batches,
+    in the arithmetic `validation_bf16` picks for the run's --precision."""
     model.eval()
     loss_sum, n = 0.0, 0
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
@@ -85,7 +94,7 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, num_clas
         if not len(y):
             continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device, "auto" if device.type == "cuda" else "fp32"):  # CPU: judge what export ships
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=validation_bf16(device, precision)):
             logits = model(x).float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         pred = logits.argmax(1)

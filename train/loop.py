@@ -93,7 +93,7 @@ def _end_epoch(run: Run, row: dict[str, Any]) -> dict[str, Any]:
                         f"--max-bad-images {cfg.max_bad_images}); fix or remove them, or raise the limit")
     val_batches = run.data.eval("val")
     if val_batches is not None:
-        result = evaluate(run.judged, val_batches, run.device, len(run.splits.classes))
+        result = evaluate(run.judged, val_batches, run.device, len(run.splits.classes), precision=cfg.precision)
         row["val_loss"], row["val_top1"] = result["loss"], result["top1"]
     run.history.append(row)
     score = row.get("val_top1", row["train_top1"])
@@ -191,7 +191,7 @@ def _finish(run: Run) -> dict[str, Any]:
         batches = run.data.eval(name)
         if batches is None:
             continue
-        result = evaluate(judged, batches, run.device, len(classes))
+        result = evaluate(judged, batches, run.device, len(classes), precision=run.cfg.precision)
         target = run.out / ("confusion.png" if name == "val" else "confusion_test.png")
         plot_confusion(result["confusion"], classes, target, f"best.pt on the {name} split")
         if name == "test":
