@@ -155,6 +155,30 @@ def test_invalid_options_exit_2(tiny_folder, tmp_path, extra, message):
     assert result.exit_code == 2 and message in result.stderr
 
 
+@pytest.mark.parametrize("batch,world,share", [(32, 4, 8), (30, 1, 30), (30, 4, "28 or 32"), (3, 4, "4$"),
+                                               (13, 2, "12 or 14")])
+def test_the_global_batch_must_divide_evenly_among_processes(batch, world, share):
+    from alexnet_onnx.runtime.errors import UsageError
+    from alexnet_onnx.train.config import per_process_batch
+
+    if isinstance(share, int):
+        assert per_process_batch(batch, world) == share
+    else:
+        with pytest.raises(UsageError, match=f"--batch-size {batch} is the global batch .* {world} processes; use {share}"):
+            per_process_batch(batch, world)
+
+
+def test_torchrun_with_an_uneven_batch_exits_2_before_writing(tiny_folder, tmp_path, monkeypatch):
+    """Four processes and --batch-size 30: refused with one line naming 28 and 32, nothing written
+    (every process refuses alike before any collective, so none waits for another)."""
+    from alexnet_onnx.train import distributed
+
+    monkeypatch.setattr(distributed, "setup", lambda device_type: distributed.Dist(rank=0, world=4))
+    result = run_cli(*tiny_args(tiny_folder, tmp_path / "out", "--batch-size", 30))
+    assert result.exit_code == 2 and "use 28 or 32" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 def test_unknown_arch_names_the_choices(tiny_folder, tmp_path):
     result = run_cli("--dataset", "folder", "--data-dir", tiny_folder, "--arch", "vgg", "--epochs", 1)
     assert result.exit_code == 2 and "alexnet_cifar" in result.stderr

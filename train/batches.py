@@ -12,7 +12,7 @@ from alexnet_onnx.runtime.session import available_cores
 
 from . import distributed
 from .augment import Augmentation
-from .config import TrainConfig
+from .config import TrainConfig, per_process_batch
 from .data import Splits, eval_transform, make_loader, train_transform
 from .models import ARCHS
 
@@ -31,7 +31,7 @@ class Data:
         self.cfg, self.device, self.ctx, self.splits = cfg, device, ctx, splits
         self.spec = ARCHS[cfg.arch].preprocess
         self.augment = Augmentation(ARCHS[cfg.arch].augment, self.spec, cfg.translate, cfg.cutout, cfg.flip, cfg.seed)
-        self.per_rank = max(1, cfg.batch_size // ctx.world)
+        self.per_rank = per_process_batch(cfg.batch_size, ctx.world)
         cache = cfg.cache if cfg.cache != "auto" else ("memory" if device.type == "cuda" else "none")
         self.memory = cache == "memory"
         self.workers = loader_workers(cfg, device)

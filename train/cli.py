@@ -41,7 +41,8 @@ def _recipes_help() -> str:
               help="cifar10: cifar-10-batches-py/ or train/+test/ ImageFolder; flowers/folder: train/ [val/] [test/].")
 @click.option("--arch", type=click.Choice(tuple(ARCHS)), help="Required unless --recipe sets it.")
 @click.option("--epochs", type=int, help="Required unless --recipe sets it.")
-@click.option("--batch-size", default=D["batch_size"], show_default=True, type=int)
+@click.option("--batch-size", default=D["batch_size"], show_default=True, type=int,
+              help="Images per step; under torchrun the global batch, a multiple of the process count.")
 @click.option("--lr", type=float, help="Peak learning rate [default: " + ", ".join(
     f"{spec.default_lr} {name}" for name, spec in ARCHS.items()) + "; a tenth of that with --pretrained/--weights].")
 @click.option("--optimizer", default=D["optimizer"], show_default=True, type=click.Choice(OPTIMIZERS))

@@ -162,6 +162,17 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def per_process_batch(batch_size: int, world: int) -> int:
+    """Each of `world` processes' share of the global --batch-size (what the checkpoint records);
+    UsageError naming the nearest valid sizes when it does not divide evenly."""
+    if batch_size % world == 0:
+        return batch_size // world
+    lower = batch_size - batch_size % world
+    valid = " or ".join(str(v) for v in (lower, lower + world) if v > 0)
+    raise UsageError(f"--batch-size {batch_size} is the global batch and must divide evenly among the {world} "
+                     f"processes; use {valid}")
+
+
 # Field defaults, for the CLI's option defaults and help.
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 

@@ -22,7 +22,7 @@ from alexnet_onnx.runtime.progress import Progress
 
 from . import distributed
 from .checkpoint import atomic_write, load_checkpoint, non_finite, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, per_process_batch
 from .evaluation import autocast, evaluate, shipped_from_checkpoint
 from .recipes import mix_batch
 from .resume import checkpoint_state, restore, resume_config
@@ -50,6 +50,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Log = log_stderr, stop
 
 
 def _train(cfg: TrainConfig, out: Path, ctx: distributed.Dist, *, resume: bool, log: Log, stop_after_epoch: Optional[int]) -> dict[str, Any]:
+    if not resume:  # refused before anything is written (a resumed run's saved batch is checked in set-up)
+        per_process_batch(cfg.batch_size, ctx.world)
     if ctx.main:
         prepare_out(out)
     distributed.barrier(ctx)
