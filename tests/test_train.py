@@ -54,6 +54,73 @@ def test_flowers_offline_without_data_fails_with_one_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+KILL_INSIDE_THE_FLOWERS_SPLIT = """
+import os, pathlib, signal, sys, tarfile
+import torchvision.datasets.utils as tv
+
+def fetch(url, root, remove_finished=False, **kwargs):
+    with tarfile.open(sys.argv[1]) as tar:
+        tar.extractall(root, filter="data")
+
+tv.download_and_extract_archive = fetch
+moves, rename = [], pathlib.Path.rename
+
+def killing_rename(self, target):  # SIGKILL once the split has moved 12 of the 20 photos
+    moves.append(self)
+    if len(moves) == 12:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return rename(self, target)
+
+pathlib.Path.rename = killing_rename
+from alexnet_onnx.train.data import load_splits
+load_splits("flowers", pathlib.Path(sys.argv[2]), val_fraction=0.1, limit_train=None, seed=0)
+"""
+
+
+@pytest.fixture()
+def flowers_archive(tmp_path, monkeypatch):
+    """A flower_photos.tgz of two classes of 10 photos, served by torchvision's downloader."""
+    import tarfile
+
+    import torchvision.datasets.utils as tv
+
+    photos = make_image_folder(tmp_path / "unpacked" / "flower_photos", ["daisy", "roses"], 10, suffix=".jpg")
+    (photos / "LICENSE.txt").write_text("CC-BY")
+    archive = tmp_path / "flower_photos.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(photos, arcname="flower_photos")
+
+    def fetch(url, root, remove_finished=False, **kwargs):
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")
+
+    monkeypatch.setattr(tv, "download_and_extract_archive", fetch)
+    return archive
+
+
+def test_flowers_download_splits_80_20_and_leaves_only_the_splits(flowers_archive, tmp_path):
+    data = tmp_path / "flowers"
+    splits = load_splits("flowers", data, val_fraction=0.1, limit_train=None, seed=0)
+    assert splits.classes == ["daisy", "roses"] and splits.val_name == "val/"
+    assert len(splits.train) == 16 and len(splits.val) == 4
+    assert sorted(p.name for p in data.iterdir()) == ["train", "val"]
+
+
+def test_a_flowers_download_killed_mid_split_leaves_no_train_folder_and_the_next_run_completes(flowers_archive, tmp_path):
+    import subprocess
+    import sys
+
+    data = tmp_path / "flowers"
+    killed = subprocess.run([sys.executable, "-c", KILL_INSIDE_THE_FLOWERS_SPLIT, str(flowers_archive), str(data)],
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    assert data.is_dir() and not (data / "train").exists() and not (data / "val").exists()
+    assert list(data.iterdir()), "the killed run's staging folder is there for the next run to clear"
+    splits = load_splits("flowers", data, val_fraction=0.1, limit_train=None, seed=0)
+    assert len(splits.train) == 16 and len(splits.val) == 4
+    assert sorted(p.name for p in data.iterdir()) == ["train", "val"]
+
+
 def test_splits_are_seeded_stratified_and_limited(tiny_folder):
     a = load_splits("folder", tiny_folder, val_fraction=0.25, limit_train=9, seed=3)
     b = load_splits("folder", tiny_folder, val_fraction=0.25, limit_train=9, seed=3)

@@ -3,9 +3,11 @@ produce them when a machine is online. A Source is a list of labels plus `image(
 
 from __future__ import annotations
 
+import os
 import pickle
 import random
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -13,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from alexnet_onnx.runtime.errors import DataError
+from alexnet_onnx.runtime.errors import DataError, StorageError
 from alexnet_onnx.runtime.folders import class_folders
 from alexnet_onnx.runtime.image import load_image
 from alexnet_onnx.runtime.inputs import walk_images
@@ -21,6 +23,7 @@ from alexnet_onnx.runtime.inputs import walk_images
 CIFAR10_DIRNAME = "cifar-10-batches-py"
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 FLOWERS_VAL_FRACTION = 0.2
+FLOWERS_STAGING_PREFIX = ".flowers-download-"  # inside --data-dir while downloading and splitting
 
 
 @dataclass
@@ -147,29 +150,52 @@ def find_folder(data_dir: Path, dataset: str, download: bool = True) -> tuple[So
 
 
 def _download_flowers(data_dir: Path) -> None:
-    """Fetch TensorFlow's flower_photos (3,670 photos, 5 classes) and split it 80/20, seeded."""
-    if data_dir.is_dir() and any(data_dir.iterdir()):
-        return  # not empty: let the caller report what is missing rather than write into it
+    """Fetch TensorFlow's flower_photos (3,670 photos, 5 classes) into an empty DIR and split it
+    80/20, seeded. Everything happens in a staging folder inside DIR; val/ and then train/ are
+    renamed into place, so a killed run never leaves a train/ to be used half-filled, and the
+    staging folder it leaves behind is removed by the next run."""
+    if data_dir.is_dir():
+        for leftover in data_dir.glob(f"{FLOWERS_STAGING_PREFIX}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        if any(data_dir.iterdir()):
+            return  # not empty: let the caller report what is missing rather than write into it
     from torchvision.datasets.utils import download_and_extract_archive
 
     try:
-        download_and_extract_archive(FLOWERS_URL, str(data_dir / "download"), remove_finished=True)
-    except Exception as exc:
-        shutil.rmtree(data_dir / "download", ignore_errors=True)
-        raise DataError(
-            f"{data_dir}: no flowers data and the download failed ({str(exc)[:120]}); download "
-            f"flower_photos.tgz ({FLOWERS_URL}), unpack it and pass its folder of class folders "
-            f"as {data_dir}/train"
-        ) from None
-    photos = data_dir / "download" / "flower_photos"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=FLOWERS_STAGING_PREFIX, dir=data_dir))
+    except OSError as exc:
+        raise StorageError(f"{data_dir}: cannot write the flowers download there ({exc.strerror or exc})") from None
+    try:
+        try:
+            download_and_extract_archive(FLOWERS_URL, str(staging), remove_finished=True)
+        except Exception as exc:
+            raise DataError(
+                f"{data_dir}: no flowers data and the download failed ({str(exc)[:120]}); download "
+                f"flower_photos.tgz ({FLOWERS_URL}), unpack it and pass its folder of class folders "
+                f"as {data_dir}/train"
+            ) from None
+        if not (staging / "flower_photos").is_dir():
+            raise DataError(f"{FLOWERS_URL}: the archive holds no flower_photos/ folder; download and unpack it by hand")
+        try:
+            _split_flowers(staging / "flower_photos", staging)
+            os.replace(staging / "val", data_dir / "val")
+            os.replace(staging / "train", data_dir / "train")  # last: train/ is the sign of a complete split
+        except OSError as exc:
+            raise StorageError(f"{data_dir}: cannot write the flowers split there ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _split_flowers(photos: Path, into: Path) -> None:
+    """photos/<class>/*.jpg -> into/val/<class> (a seeded FLOWERS_VAL_FRACTION) and into/train/<class>."""
     rng = random.Random(0)
     for class_dir in sorted(p for p in photos.iterdir() if p.is_dir()):
         files = sorted(class_dir.glob("*.jpg"))
         rng.shuffle(files)
         n_val = round(len(files) * FLOWERS_VAL_FRACTION)
         for split, chunk in (("val", files[:n_val]), ("train", files[n_val:])):
-            target = data_dir / split / class_dir.name
+            target = into / split / class_dir.name
             target.mkdir(parents=True, exist_ok=True)
             for f in chunk:
                 f.rename(target / f.name)
-    shutil.rmtree(data_dir / "download", ignore_errors=True)
