@@ -16,7 +16,6 @@ import logging
 import signal
 import socket
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -76,11 +75,8 @@ def serve(config: ServeConfig) -> int:
     _setup_logging(config)
     token = read_token(config.token_file) if config.token_file else None
     metrics = Metrics(config.max_batch)
-    # The web stack is imported while the model loads: start-up costs the longer of the two.
-    warm = threading.Thread(target=_import_web_stack, name="import-web-stack", daemon=True)
-    warm.start()
-    slot = ModelSlot(config.model, decode=config.decode, metrics=metrics)
-    warm.join()
+    # The web stack is imported while onnxruntime builds the session (which lets go of the GIL).
+    slot = ModelSlot(config.model, decode=config.decode, metrics=metrics, meanwhile=_import_web_stack)
     import uvicorn
 
     from .contract import package_version
@@ -95,7 +91,7 @@ def serve(config: ServeConfig) -> int:
                       version=package_version(), debug=config.debug)
     app = build_app(service, token=token, cors=config.cors)
     server = _server_class()(uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
+        app, log_config=None, access_log=False, lifespan="off", ws="none", timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
         timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=MAX_CONNECTIONS, backlog=BACKLOG, server_header=False,
     ), service)
     host, port = sock.getsockname()[:2]
@@ -119,9 +115,10 @@ def serve(config: ServeConfig) -> int:
 
 def _import_web_stack() -> None:
     try:
-        for name in ("uvicorn", f"{__package__}.serve_app"):
+        for name in ("uvicorn", "uvicorn.protocols.http.httptools_impl", "uvicorn.loops.uvloop",
+                     f"{__package__}.serve_app"):
             importlib.import_module(name)
-    except ImportError:  # reported where the import happens for real
+    except ImportError:  # reported where the import happens for real (httptools and uvloop are optional)
         pass
 
 

@@ -40,6 +40,9 @@ access = logging.getLogger("alexnet_onnx.serve.access")
 # A body must arrive within this (a client trickling bytes is answered 408 and let go).
 BODY_TIMEOUT_S = 60.0
 RETRY_AFTER_S = 1  # what a 503 asks the client to wait
+# The status logged and counted for a client that left before its answer (nginx's convention;
+# nobody receives it).
+CLIENT_GONE = 499
 RAW_NAME = "upload"  # a raw body's row path when no ?name= is given
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/openapi.json"})
 HANDLERS = frozenset({"/", "/healthz", "/readyz", "/openapi.json", "/metrics", "/v1/model", "/v1/classify"})
@@ -135,7 +138,7 @@ async def classify(request: Request, service: Service) -> Response:
                               {"Connection": "close"})
     except ClientDisconnect:
         metrics.error("client_gone")
-        return Response(status_code=400)  # nobody is there to read it
+        return Response(status_code=CLIENT_GONE)
     except HTTPException as exc:  # a malformed multipart body
         metrics.error("bad_request")
         return error_response(exc.status_code, f"malformed multipart body: {exc.detail}")
@@ -159,7 +162,7 @@ async def classify(request: Request, service: Service) -> Response:
         for job in jobs:
             job.future.cancel()
         metrics.error("client_gone")
-        return Response(status_code=400)
+        return Response(status_code=CLIENT_GONE)
     gone.cancel()
     rows = results.result()
     kinds = {row.kind for row in rows}

@@ -8,13 +8,13 @@ from pathlib import Path
 import click
 
 from .cliutil import Command, debug_option, run
-from .errors import UsageError
+from .errors import UsageError, exit_codes_help
 
 # What the [serve] extra installs and the service cannot run without.
 SERVE_EXTRA = ("starlette", "uvicorn", "python_multipart")
 
 
-@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]}, epilog=exit_codes_help())
 @click.option("-m", "--model", "model", required=True, type=click.Path(path_type=Path), help="The .onnx model.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
@@ -38,16 +38,14 @@ def main(model: Path, host: str, port: int, threads: int | None, max_batch: int,
          max_body_mb: float, decode: str, token_file: Path | None, cors: str | None, access_log: bool,
          debug: bool) -> None:
     """Serve MODEL over HTTP: POST /v1/classify, GET /v1/model, /healthz, /readyz, /metrics, and a
-    web page at /. Replacing MODEL (a rename over it) or SIGHUP swaps the model in; SIGTERM drains.
+    web page at /. Replacing MODEL (a rename over it) or SIGHUP swaps the model in; SIGTERM or
+    SIGINT lets the requests in flight finish, then exits 0. The [serve] extra missing: exit 2.
 
     \b
     Examples:
       onnx-serve -m model.onnx
       curl --data-binary @cat.jpg 'http://127.0.0.1:8000/v1/classify?top_k=3'
       onnx-serve -m model.onnx --host 0.0.0.0 --token-file /etc/onnx-serve/token
-
-    Exit codes: 0 stopped by SIGTERM/SIGINT, 2 usage (or the [serve] extra missing), 3 bad model,
-    4 I/O (port in use, token file unreadable).
     """
 
     def go() -> int:

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from .errors import ModelError
 from .predictor import Predictor
@@ -75,10 +75,10 @@ def identity(path: Path) -> Optional[tuple[int, ...]]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def load(path: Path, *, decode: str, generation: int) -> Loaded:
-    """Load and check `path` (ModelError, one line, when it cannot be served). The file is hashed
-    while onnxruntime builds the session; the hash is taken only if the path named the same file
-    before and after the Predictor opened it."""
+def load(path: Path, *, decode: str, generation: int, meanwhile: Callable[[], None] = lambda: None) -> Loaded:
+    """Load and check `path` (ModelError, one line, when it cannot be served). While onnxruntime
+    builds the session, `meanwhile` runs and the file is hashed; the hash is taken only if the path
+    named the same file before and after the Predictor opened it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -87,6 +87,7 @@ def load(path: Path, *, decode: str, generation: int) -> Loaded:
         before = os.fstat(fd) if fd >= 0 else None
         # One-thread session: the batcher runs as many model calls side by side as there are cores.
         predictor = Predictor(path, threads=1, decode=decode, background=True)
+        meanwhile()
         digest = _sha256(fd) if fd >= 0 else ""
     finally:
         if fd >= 0:
@@ -110,10 +111,11 @@ def _sha256(fd: int) -> str:
 class ModelSlot:
     """The current model, and the watcher that swaps it."""
 
-    def __init__(self, path: Path, *, decode: str, metrics: Metrics) -> None:
+    def __init__(self, path: Path, *, decode: str, metrics: Metrics, meanwhile: Callable[[], None] = lambda: None) -> None:
+        """Load `path` now (ModelError if it cannot be served), running `meanwhile` as its session is built."""
         self.path, self.decode, self.metrics = Path(path), decode, metrics
         self._seen = identity(self.path)
-        self.current = load(self.path, decode=decode, generation=1)
+        self.current = load(self.path, decode=decode, generation=1, meanwhile=meanwhile)
         metrics.set_model(self.current.info())
         self._wake = threading.Event()
         self._stop = threading.Event()
