@@ -13,7 +13,7 @@ DEMO_OUT ?= artifacts/demo
 DEMO_EPOCHS ?= 4
 DEMO_LIMIT ?= 2500
 
-.PHONY: test demo bench bench-camera bench-hostile bench-cluster bench-cifar10 install clean
+.PHONY: test demo bench bench-camera bench-hostile bench-cluster bench-serve bench-cifar10 install clean
 
 install: $(BIN)/.installed
 
@@ -78,6 +78,12 @@ bench-hostile: install
 # onnx-predict --ray local vs plain onnx-predict on the same photos; the driver's own rates.
 bench-cluster: install
 	$(BIN)/python benchmarks/cluster_throughput.py --model $(MODEL) --dir $(PHOTOS) --limit 1800
+
+# onnx-serve under load over loopback, beside the folder run, a tutorial service and --max-batch 1
+# (docs/serving.md); about 5 min a model. SERVE_MODELS: e.g. "m.onnx m.int8.onnx".
+SERVE_MODELS ?= $(MODEL)
+bench-serve: install
+	$(BIN)/python benchmarks/serve_load.py --dir $(PHOTOS) $(foreach m,$(SERVE_MODELS),--model $(m)) --limit 1000
 
 clean:
 	rm -rf $(VENV) build *.egg-info
