@@ -1,0 +1,119 @@
+"""Calibrated scores (runtime/calibration.py): temperature fitting, ECE, NLL, the acceptance
+threshold and AUROC, on synthetic logits whose true calibration is known."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from alexnet_onnx.runtime import calibration as cal
+
+
+def sampled(n: int, classes: int = 10, scale: float = 3.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels drawn from softmax(logits): a perfectly calibrated model by construction."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, scale, (n, classes))
+    probs = cal.softmax(logits)
+    labels = (probs.cumsum(1) > rng.random((n, 1))).argmax(1)
+    return logits, labels
+
+
+@pytest.mark.parametrize("true_t", [0.6, 1.0, 2.5])
+def test_fit_recovers_the_temperature_of_an_over_or_under_confident_model(true_t):
+    logits, labels = sampled(20_000)
+    # The model reports logits * T: softmax(model / T) is the calibrated softmax again.
+    fitted = cal.fit_temperature(logits * true_t, labels)
+    assert fitted == pytest.approx(true_t, rel=0.05)
+    assert cal.nll(logits * true_t, labels, fitted) <= cal.nll(logits * true_t, labels, 1.0) + 1e-12
+
+
+def test_ece_of_a_perfectly_calibrated_set_is_near_zero_and_of_an_overconfident_one_is_not():
+    logits, labels = sampled(50_000)
+    assert cal.ece(logits, labels) < 0.01
+    assert cal.ece(logits * 3, labels) > 0.1
+    assert cal.ece(logits * 3, labels, temperature=3) == pytest.approx(cal.ece(logits, labels))
+
+
+def test_ece_by_hand():
+    # Two bins in use: confidence 0.9 (two right of two) and 0.6 (one right of two).
+    confidence = np.array([0.9, 0.9, 0.6, 0.6])
+    correct = np.array([True, True, True, False])
+    assert cal.ece_of(confidence, correct) == pytest.approx(0.5 * 0.1 + 0.5 * 0.1)
+    # A bin's upper edge belongs to it: 1/15 sits in the first bin, just above it in the second.
+    bins = cal.reliability(np.array([0.0, 1 / 15, 1 / 15 + 1e-9, 1.0]), np.array([1, 1, 0, 1], bool))
+    assert [b[0] for b in bins][:2] == [2, 1] and bins[-1][0] == 1 and sum(b[0] for b in bins) == 4
+
+
+def test_nll_and_energy_by_hand():
+    logits = np.array([[2.0, 0.0], [0.0, 0.0]])
+    labels = np.array([0, 1])
+    expected = -(math.log(math.exp(2) / (math.exp(2) + 1)) + math.log(0.5)) / 2
+    assert cal.nll(logits, labels) == pytest.approx(expected)
+    assert cal.energy(logits, 2.0) == pytest.approx([math.log(math.e + 1), math.log(2)])
+    assert cal.max_softmax(logits, 2.0) == pytest.approx([math.e / (math.e + 1), 0.5])
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float32, st.tuples(st.integers(1, 8), st.integers(2, 6)),
+              elements=st.floats(-50, 50, width=32)),
+       st.floats(0.01, 100))
+def test_temperature_never_changes_the_top_label(logits, temperature):
+    # Ties in the logits stay ties; the first of them is the label both ways.
+    assert (cal.softmax(logits, temperature).argmax(1) == cal.softmax(logits).argmax(1)).all()
+    assert np.allclose(cal.softmax(logits, temperature).sum(1), 1)
+
+
+@pytest.mark.parametrize("n", [20, 99, 100, 1000, 4567])
+def test_threshold_accepts_the_documented_share_of_its_own_data(n):
+    scores = np.random.default_rng(n).normal(size=n)
+    threshold = cal.threshold_for(scores)
+    accepted = (scores >= threshold).mean()
+    assert cal.ACCEPT_RATE <= accepted < cal.ACCEPT_RATE + 1 / n + 1e-12
+
+
+def test_threshold_with_ties_accepts_at_least_the_rate():
+    scores = np.array([0.5] * 10 + [0.9] * 90)
+    assert cal.threshold_for(scores) == 0.5  # rejecting 5 of the tied ten would reject them all
+
+
+def test_auroc_by_hand_and_bounds():
+    assert cal.auroc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert cal.auroc(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 0.0
+    assert cal.auroc(np.array([1.0, 1.0]), np.array([1.0])) == 0.5
+    # Pairs (in, out): (2,1) win, (2,3) loss, (4,1) win, (4,3) win -> 3/4.
+    assert cal.auroc(np.array([2.0, 4.0]), np.array([1.0, 3.0])) == pytest.approx(0.75)
+    rng = np.random.default_rng(0)
+    inside, outside = rng.normal(1, 1, 2000), rng.normal(0, 1, 3000)
+    brute = ((inside[:, None] > outside[None]).mean() + 0.5 * (inside[:, None] == outside[None]).mean())
+    assert cal.auroc(inside, outside) == pytest.approx(brute)
+
+
+def test_false_accept_rate():
+    assert cal.false_accept_rate(np.array([0.1, 0.5, 0.9, 1.0]), 0.5) == 0.75
+
+
+def test_acceptance_rule():
+    logits = np.array([[5.0, 0.0], [0.1, 0.0]])
+    assert cal.Acceptance().accepts(logits).tolist() == [True, True]
+    assert cal.Acceptance("max_softmax", 0.9).accepts(logits).tolist() == [True, False]
+    # At T = 10 the first image's top probability falls to 0.62.
+    assert cal.Acceptance("max_softmax", 0.9, temperature=10).accepts(logits).tolist() == [False, False]
+    assert cal.Acceptance("energy", 2.0).accepts(logits).tolist() == [True, False]
+    with pytest.raises(ValueError, match="valid: max_softmax, energy"):
+        cal.Acceptance("entropy", 0.5)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_temperature_must_be_positive_and_finite(bad):
+    with pytest.raises(ValueError, match="temperature"):
+        cal.softmax(np.zeros((1, 2)), bad)
+
+
+def test_fit_refuses_what_it_cannot_fit():
+    with pytest.raises(ValueError, match="labeled logits"):
+        cal.fit_temperature(np.zeros((0, 3)), np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="finite"):
+        cal.fit_temperature(np.array([[np.nan, 0.0]]), np.array([0]))
