@@ -3,6 +3,10 @@
 This module is the one place the contract is defined. Export writes `Contract.to_metadata()` into
 the ONNX `metadata_props`; checkpoints carry the same dictionary; the runtime reads it back with
 `Contract.from_metadata()`. Values are strings; structured values are JSON text. Stdlib only.
+
+Version 2 adds the score calibration: `temperature` (scores are softmax(logits / T)) and
+`acceptance` (JSON {"score", "threshold"}: an image counts as one of the classes when its score
+reaches the threshold; null accepts every image). Version 1 models read as T = 1, no threshold.
 """
 
 from __future__ import annotations
@@ -10,15 +14,23 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
-CONTRACT_VERSION = "1"
-SUPPORTED_VERSIONS = (CONTRACT_VERSION,)
+CONTRACT_VERSION = "2"
+SUPPORTED_VERSIONS = ("1", CONTRACT_VERSION)
 VARIANTS = ("fp32", "fp16", "int8")
 # Name of the image-loading policy in runtime/image.py; bump it when the policy changes.
 IMAGE_POLICY = "exif-alpha-white-16bit-scaled-v1"
 
 REQUIRED_KEYS = ("contract_version", "labels", "preprocess", "arch", "dataset", "variant")
+# Keys version 2 adds (and requires).
+CALIBRATION_KEYS = ("temperature", "acceptance")
+# The in-distribution scores an acceptance rule may use (runtime/calibration.py computes them).
+SCORES = ("max_softmax", "energy")
+# The score export stores by default: the better of the two in docs/export.md's comparison.
+DEFAULT_SCORE = "max_softmax"
+# Temperatures a contract may hold: beyond these a model's scores are all 0/1 or all uniform.
+TEMPERATURE_RANGE = (1e-3, 1e3)
 # Bounds a usable contract stays within: sizes an image can have; mean and std on the 0..1
 # pixel scale, so that every normalized value is finite in float32.
 MAX_SIDE = 65_536
@@ -95,6 +107,9 @@ class Contract:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     source_checkpoint_sha256: str = ""
     created_with: str = ""
+    temperature: float = 1.0
+    accept_score: str = DEFAULT_SCORE
+    accept_threshold: Optional[float] = None  # None: every image is accepted
     contract_version: str = CONTRACT_VERSION
 
     def __post_init__(self) -> None:
@@ -111,6 +126,21 @@ class Contract:
                 f"contract_version {self.contract_version!r} is not supported by this runtime "
                 f"(supported: {', '.join(SUPPORTED_VERSIONS)}); upgrade alexnet-onnx"
             )
+        low, high = TEMPERATURE_RANGE
+        if not _is_finite_number(self.temperature) or not low <= self.temperature <= high:
+            raise ContractError(f"temperature must be a number from {low:g} to {high:g}, got {_short(self.temperature)}")
+        object.__setattr__(self, "temperature", float(self.temperature))
+        if self.accept_score not in SCORES:
+            raise ContractError(f"acceptance score {_short(self.accept_score)} is unknown (valid: {', '.join(SCORES)})")
+        if self.accept_threshold is not None:
+            if not _is_finite_number(self.accept_threshold):
+                raise ContractError(f"acceptance threshold must be a finite number or null, got {_short(self.accept_threshold)}")
+            object.__setattr__(self, "accept_threshold", float(self.accept_threshold))
+            if self.accept_score == "max_softmax" and not 0 <= self.accept_threshold <= 1:
+                raise ContractError(f"a max_softmax threshold is a probability (0..1), got {self.accept_threshold!r}")
+        if self.contract_version == "1" and (self.temperature != 1.0 or self.accept_threshold is not None):
+            raise ContractError("contract_version '1' has no temperature or threshold; use version "
+                                f"{CONTRACT_VERSION!r}")
 
     @property
     def num_classes(self) -> int:
@@ -120,7 +150,7 @@ class Contract:
         return replace(self, **changes)
 
     def to_metadata(self) -> dict[str, str]:
-        return {
+        meta = {
             "contract_version": self.contract_version,
             "labels": json.dumps(list(self.labels)),
             "preprocess": json.dumps(self.preprocess.to_dict()),
@@ -131,6 +161,10 @@ class Contract:
             "source_checkpoint_sha256": self.source_checkpoint_sha256,
             "created_with": self.created_with,
         }
+        if self.contract_version != "1":
+            meta["temperature"] = repr(self.temperature)  # repr: the shortest text that reads back exactly
+            meta["acceptance"] = json.dumps({"score": self.accept_score, "threshold": self.accept_threshold})
+        return meta
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, str]) -> "Contract":
@@ -142,7 +176,8 @@ class Contract:
                 f"contract_version {version!r} is not supported by this runtime "
                 f"(supported: {', '.join(SUPPORTED_VERSIONS)}); upgrade alexnet-onnx"
             )
-        missing = [k for k in REQUIRED_KEYS if k not in meta]
+        required = REQUIRED_KEYS + (CALIBRATION_KEYS if version != "1" else ())
+        missing = [k for k in required if k not in meta]
         if missing:
             raise ContractError(f"contract metadata is missing key(s): {', '.join(missing)}")
         labels = _json(meta, "labels", list)
@@ -162,6 +197,17 @@ class Contract:
         except (KeyError, TypeError) as exc:
             raise ContractError(f"contract 'preprocess' is malformed: {exc}") from None
         metrics = _json(meta, "metrics", dict) if meta.get("metrics") else {}
+        calibration: dict[str, Any] = {}
+        if version != "1":
+            try:
+                temperature = float(meta["temperature"])
+            except ValueError:
+                raise ContractError(f"contract key 'temperature' must be a number, got {_short(meta['temperature'])}") from None
+            acceptance = _json(meta, "acceptance", dict)
+            if "score" not in acceptance or "threshold" not in acceptance:
+                raise ContractError("contract key 'acceptance' must hold 'score' and 'threshold'")
+            calibration = {"temperature": temperature, "accept_score": acceptance["score"],
+                           "accept_threshold": acceptance["threshold"]}
         return cls(
             labels=tuple(labels),
             preprocess=preprocess,
@@ -172,6 +218,7 @@ class Contract:
             source_checkpoint_sha256=meta.get("source_checkpoint_sha256", ""),
             created_with=meta.get("created_with", ""),
             contract_version=version,
+            **calibration,
         )
 
 

@@ -27,7 +27,7 @@ def test_round_trip_is_lossless():
 
 def test_metadata_is_json_not_python_repr():
     meta = make_contract().to_metadata()
-    assert meta["contract_version"] == CONTRACT_VERSION == "1"
+    assert meta["contract_version"] == CONTRACT_VERSION == "2"
     assert json.loads(meta["labels"]) == ["cat", "dog", "ému ü"]
     pre = json.loads(meta["preprocess"])
     assert pre["resize"] == 256 and pre["crop"] == 224 and pre["interpolation"] == "bilinear"
@@ -52,8 +52,8 @@ def test_no_contract_at_all():
 
 def test_unknown_version_is_refused_clearly():
     meta = make_contract().to_metadata()
-    meta["contract_version"] = "2"
-    with pytest.raises(ContractError, match="'2' is not supported.*upgrade"):
+    meta["contract_version"] = "3"
+    with pytest.raises(ContractError, match="'3' is not supported.*upgrade"):
         Contract.from_metadata(meta)
 
 
@@ -92,3 +92,62 @@ def test_contract_is_frozen():
     with pytest.raises(Exception):
         contract.arch = "other"  # type: ignore[misc]
     assert contract.with_(variant="int8").variant == "int8" and contract.variant == "fp32"
+
+
+def version_1_metadata() -> dict[str, str]:
+    """What a model exported before scores were calibrated carries: no temperature, no acceptance."""
+    meta = make_contract().to_metadata()
+    del meta["temperature"], meta["acceptance"]
+    meta["contract_version"] = "1"
+    return meta
+
+
+def test_version_1_reads_as_temperature_1_and_accepting_everything():
+    contract = Contract.from_metadata(version_1_metadata())
+    assert contract.contract_version == "1" and contract.temperature == 1.0 and contract.accept_threshold is None
+    # Written back, it stays a version-1 contract: nothing it never had is added.
+    assert contract.to_metadata() == version_1_metadata()
+
+
+def test_version_1_cannot_hold_a_temperature():
+    with pytest.raises(ContractError, match="version '1' has no temperature"):
+        make_contract(contract_version="1", temperature=2.0)
+
+
+@pytest.mark.parametrize("score,threshold", [("energy", -3.25), ("max_softmax", 0.4123456789012345), ("energy", None)])
+def test_calibration_round_trip(score, threshold):
+    contract = make_contract(temperature=1.7234567890123457, accept_score=score, accept_threshold=threshold)
+    meta = contract.to_metadata()
+    assert float(meta["temperature"]) == contract.temperature
+    assert json.loads(meta["acceptance"]) == {"score": score, "threshold": threshold}
+    assert Contract.from_metadata(meta) == contract
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("temperature", "warm", "'temperature' must be a number"),
+        ("temperature", "0", "temperature must be a number from"),
+        ("temperature", "nan", "temperature must be a number from"),
+        ("temperature", "1e9", "temperature must be a number from"),
+        ("acceptance", "[]", "JSON dict"),
+        ("acceptance", '{"score": "energy"}', "must hold 'score' and 'threshold'"),
+        ("acceptance", '{"score": "entropy", "threshold": 1}', "valid: max_softmax, energy"),
+        ("acceptance", '{"score": "energy", "threshold": NaN}', "finite number or null"),
+        ("acceptance", '{"score": "energy", "threshold": "1"}', "finite number or null"),
+        ("acceptance", '{"score": "max_softmax", "threshold": 1.5}', "probability"),
+    ],
+)
+def test_malformed_calibration_is_refused(key, value, message):
+    meta = make_contract().to_metadata()
+    meta[key] = value
+    with pytest.raises(ContractError, match=message):
+        Contract.from_metadata(meta)
+
+
+@pytest.mark.parametrize("key", ["temperature", "acceptance"])
+def test_version_2_requires_its_calibration_keys(key):
+    meta = make_contract().to_metadata()
+    del meta[key]
+    with pytest.raises(ContractError, match=f"missing key.*{key}"):
+        Contract.from_metadata(meta)
