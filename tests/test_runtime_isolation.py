@@ -22,6 +22,9 @@ p = Predictor(sys.argv[1])
 p.predict([sys.argv[2]])
 import alexnet_onnx.runtime.classify, alexnet_onnx.runtime.evaluate, alexnet_onnx.runtime.inputs, alexnet_onnx.runtime.image, alexnet_onnx.runtime.preprocess, alexnet_onnx.runtime.contract, alexnet_onnx.runtime.cluster, alexnet_onnx.runtime.cluster_sources, alexnet_onnx.runtime.cluster_store, alexnet_onnx.runtime.rows
 import alexnet_onnx.runtime.serve, alexnet_onnx.runtime.serve_app, alexnet_onnx.runtime.serve_batcher, alexnet_onnx.runtime.serve_cli, alexnet_onnx.runtime.serve_models
+from alexnet_onnx.runtime.bench_cli import main as bench
+result = CliRunner().invoke(bench, [sys.argv[1], "--seconds", "0.001", "--threads", "1", "--batch-size", "1", "--image", sys.argv[2]])
+assert result.exit_code == 0, result.output
 print(",".join(sorted(m for m in sys.modules if m.split(".")[0] in {forbidden})))
 """
 
