@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/export-onnx $(CKPT) -o $(BENCH)/model.onnx --quantize all --force \
 		--verify-dir "$(VERIFY)" --verify-size 2000
 	$(BIN)/python benchmarks/variant_latency.py $(BENCH)/model.onnx $(BENCH)/model.int8.onnx $(BENCH)/model.fp16.onnx
+	$(BIN)/onnx-bench $(BENCH)/model.onnx $(BENCH)/model.int8.onnx $(BENCH)/model.fp16.onnx --image "$(IMAGE)"
 	$(BIN)/python benchmarks/predict_cold_start.py --checkpoint $(CKPT) \
 		--model $(BENCH)/model.onnx --model $(BENCH)/model.int8.onnx --image "$(IMAGE)"
 	$(BIN)/python benchmarks/predict_throughput.py --dir "$(VERIFY)" \
