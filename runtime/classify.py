@@ -12,29 +12,18 @@ decoding starts at once and the first model call waits for the session.
 from __future__ import annotations
 
 import csv
-import json
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 from typing import IO, Iterable, Iterator, Optional
 
 import numpy as np
 
 from .errors import ImageError, first_line
 from .inputs import InputItem, Missing
-from .predictor import Prediction, Predictor
+from .predictor import Predictor
+from .rows import Result, json_line, result_row
 from .terminal import printable
-
-FORMATS = ("text", "json", "csv")
-
-
-@dataclass(frozen=True)
-class Result:
-    path: Path | str  # str: a URI, kept as given
-    prediction: Optional[Prediction] = None
-    error: Optional[str] = None
 
 
 def classify(
@@ -106,29 +95,19 @@ class Writer:
         if self.header:
             self.csv.writerow(self.header)
             self.header = None
-        pred = result.prediction
         if self.fmt == "json":
             self.out.write(json_line(result) + "\n")
             return
-        path = printable(str(result.path))
-        top_k = [(printable(label), score) for label, score in pred.top_k] if pred else []
+        row = result_row(result)
+        path = printable(row["path"])
         if self.fmt == "csv":
-            if pred is None:
-                self.csv.writerow([path, "", "", "", printable(result.error or "")])
-            for rank, (label, score) in enumerate(top_k, start=1):
-                self.csv.writerow([path, rank, label, f"{score:.6f}", ""])
-        elif pred is None:
+            if "error" in row:
+                self.csv.writerow([path, "", "", "", row["error"]])
+            for rank, top in enumerate(row.get("top_k", ()), start=1):
+                self.csv.writerow([path, rank, printable(top["label"]), f"{top['score']:.6f}", ""])
+        elif "error" in row:
             self.out.flush()
-            self.err.write(f"error: {printable(result.error or '')}\n")
+            self.err.write(f"error: {row['error']}\n")
         else:
-            ranked = " | ".join(f"{label} {score:.4f}" for label, score in top_k)
+            ranked = " | ".join(f"{printable(top['label'])} {top['score']:.4f}" for top in row["top_k"])
             self.out.write(f"{path}\t{ranked}\n")
-
-
-def json_line(result: Result) -> str:
-    """`--format json`'s line for a result: path, label, score and top_k, or path and error.
-    Lossless: os.fsencode(obj["path"]) gives back the file's bytes; ASCII escapes keep any name
-    valid JSON and inert on a terminal; never NaN."""
-    pred, path = result.prediction, str(result.path)
-    obj = {"path": path, **pred.to_dict()} if pred else {"path": path, "error": printable(result.error or "")}
-    return json.dumps(obj, allow_nan=False)
