@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 
@@ -125,10 +125,28 @@ def evaluate(
     """Classify every image of the ImageFolder `root` and score the answers (top-1, top-5, and
     top-`top_k` when given); images that cannot be read go to `on_error` and count as failed."""
     items = labeled_images(root, predictor.labels)
-    scorer = Scorer(predictor.labels, top_k)
-    ranked = min(max(scorer.ks), len(predictor.labels))
-    results = classify(predictor, (p for p, _ in items), batch_size=batch_size, top_k=ranked, workers=workers)
-    for done, ((_, target), result) in enumerate(zip(items, results), start=1):
+    results = classify(predictor, (p for p, _ in items), batch_size=batch_size,
+                       top_k=labels_to_rank(predictor.labels, top_k), workers=workers)
+    return score(((target, result) for (_, target), result in zip(items, results)), predictor.labels,
+                 on_error=on_error, on_progress=on_progress, top_k=top_k)
+
+
+def labels_to_rank(labels: tuple[str, ...], top_k: int | None = None) -> int:
+    """How many labels each image's Result must rank for a report with `top_k`."""
+    return min(max(Scorer(labels, top_k).ks), len(labels))
+
+
+def score(
+    scored: Iterable[tuple[int, Result]],
+    labels: tuple[str, ...],
+    *,
+    on_error: Callable[[str], None],
+    on_progress: Optional[Callable[[int], None]] = None,
+    top_k: int | None = None,
+) -> EvalReport:
+    """The report of (label index, Result) pairs in any order: local --eval and --ray --eval alike."""
+    scorer = Scorer(labels, top_k)
+    for done, (target, result) in enumerate(scored, start=1):
         scorer.add(target, result)
         if result.prediction is None:
             on_error(result.error or str(result.path))
