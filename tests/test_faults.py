@@ -43,6 +43,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # an 8-epoch run interrupted, then resumed to the end
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_exits_130_and_run_resumes(small_data, tmp_path, sig):
     out = tmp_path / "out"
@@ -83,6 +84,7 @@ main(sys.argv[2:], prog_name="train-alexnet")
 """
 
 
+@pytest.mark.slow  # a run killed inside a save, then resumed to the end
 def test_sigkill_inside_a_save_keeps_the_previous_checkpoint(small_data, tmp_path):
     """Killed after the new last.pt's bytes are written but before the rename: the previous
     last.pt is intact, and the next run removes the temp file and carries on."""
@@ -183,6 +185,7 @@ def limited_file_size(limit: int):
     return apply
 
 
+@pytest.mark.slow  # two training processes
 def test_full_disk_during_save_exits_4_and_keeps_previous_checkpoint(small_data, tmp_path):
     out = tmp_path / "out"
     first = subprocess.run(train_cmd(small_data, out, 1), capture_output=True, text=True)

@@ -89,6 +89,7 @@ def test_ema_averages_weights_and_batchnorm_statistics_and_copies_counters():
     assert averaged["1.num_batches_tracked"].item() == now["1.num_batches_tracked"].item() == 1
 
 
+@pytest.mark.slow  # two pipelines x three runs; tests/test_train.py keeps a quick resume check
 @pytest.mark.parametrize("cache", ["none", "memory"])
 def test_resume_is_exact_for_both_input_pipelines(tiny_folder, tmp_path, cache):
     full = train(cfg_for(tiny_folder, tmp_path / "full", cache=cache, mixup=0.2, ema=0.9), log=lambda m: None)
@@ -174,6 +175,7 @@ def test_schedule_warms_up_then_decays_as_named(schedule):
     assert tail == pytest.approx(expected)
 
 
+@pytest.mark.slow  # 224-px training
 def test_frozen_features_do_not_change_in_training(tiny_folder, tmp_path, torch_home):
     from torchvision.models import alexnet
 
@@ -207,6 +209,7 @@ def _torchrun(launchers: list[list[str]], args: list[str]) -> list[str]:
     return outputs
 
 
+@pytest.mark.slow  # three torchrun launches
 def test_torchrun_one_node_and_two_nodes_train_the_same_weights(tiny_folder, tmp_path):
     """DDP with gloo: 2 processes on one node, then 2 nodes of 1 process each (two torchrun agents
     meeting at a c10d rendezvous on this machine): same global batch, same final weights (with the
@@ -250,7 +253,8 @@ def _ks(a: np.ndarray, b: np.ndarray) -> float:
                         - np.searchsorted(np.sort(b), grid, "right") / len(b)).max())
 
 
-@pytest.mark.parametrize("arch, size, translate", [("alexnet", (384, 320), None), ("alexnet_cifar", (48, 40), None),
+@pytest.mark.parametrize("arch, size, translate", [pytest.param("alexnet", (384, 320), None, marks=pytest.mark.slow),
+                                                   ("alexnet_cifar", (48, 40), None),
                                                    ("alexnet_cifar", (48, 40), 1)])
 def test_both_input_pipelines_draw_the_same_crops(tmp_path, arch, size, translate):
     """--cache is a speed option: the DataLoader and the in-memory store must cut crops from the
@@ -290,7 +294,7 @@ def test_both_input_pipelines_draw_the_same_crops(tmp_path, arch, size, translat
     assert all(0.42 < f < 0.58 for f in flips), flips
 
 
-@pytest.mark.parametrize("arch", ["alexnet_cifar", "alexnet"])
+@pytest.mark.parametrize("arch", ["alexnet_cifar", pytest.param("alexnet", marks=pytest.mark.slow)])
 def test_alternating_flip_mirrors_each_image_every_other_epoch_in_both_pipelines(tmp_path, arch):
     """--flip alternate: each image is mirrored in every other epoch, from a first epoch that
     mirrors about half of them, and both input pipelines mirror the same images in the same epoch.
@@ -446,7 +450,7 @@ def test_translate_bounds_the_shift_of_pad_crops(translate):
         TrainConfig(dataset="cifar10", data_dir="d", arch="alexnet_cifar", epochs=1, translate=spec.resize)
 
 
-@pytest.mark.parametrize("arch", ["alexnet_cifar", "alexnet"])
+@pytest.mark.parametrize("arch", ["alexnet_cifar", pytest.param("alexnet", marks=pytest.mark.slow)])
 def test_cutout_sets_one_clipped_square_to_the_mean_in_both_pipelines(arch):
     """With the same draws, a Cutout crop differs from the plain one only inside one square of at
     most side x side pixels, which holds the dataset mean; both pipelines cut squares of the same
