@@ -326,7 +326,9 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(exported_model, tmp_p
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(s.request, "POST", "/v1/classify", body, headers)
             assert s.wait_metric("onnx_serve_queue_depth", lambda v: v == 4) == 4
-            status, head, data = s.request("POST", "/v1/classify", jpeg())
+            # Four more images fit only once all four above are answered: 503 while any waits.
+            probe, probe_headers = multipart([(f"small{i}.jpg", jpeg(seed=i)) for i in range(4)])
+            status, head, data = s.request("POST", "/v1/classify", probe, probe_headers)
             assert status == 503 and head["retry-after"] == "1" and "queue is full" in json.loads(data)["error"]
             assert first.result()[0] == 200 and len(json.loads(first.result()[2])["rows"]) == 4
         assert s.classify(jpeg(), name="retry.jpg")[0] == 200  # room again once the queue drained
