@@ -19,10 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from alexnet_onnx.runtime.cluster_settings import RunSettings
+
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CHUNK = 1_000_000  # rows generated per row group / write
 ERROR_EVERY = 1000  # one error row in this many
+SETTINGS = RunSettings("0" * 64, 1, "exact", "synthetic.onnx")
 
 
 def path_of(i: int) -> str:
@@ -30,14 +33,16 @@ def path_of(i: int) -> str:
 
 
 def make_out(out: Path, rows: int) -> None:
-    """A synthetic OUT of `rows` rows, written a chunk at a time."""
+    """A synthetic OUT of `rows` rows, written a chunk at a time, that records SETTINGS."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    top = pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))
-    schema = pa.schema([("path", pa.string()), ("label", pa.string()), ("score", pa.float64()),
-                        ("top_k", top), ("error", pa.string())])
+    from alexnet_onnx.runtime.cluster_store import SETTINGS_KEY, SIDECAR_SUFFIX, parquet_schema
+
+    schema = parquet_schema().with_metadata({SETTINGS_KEY: SETTINGS.to_json().encode()})
     writer = pq.ParquetWriter(out, schema) if out.suffix == ".parquet" else None
+    if writer is None:
+        out.with_name(out.name + SIDECAR_SUFFIX).write_text(SETTINGS.to_json())
     with (open(out, "w", encoding="utf-8") if writer is None else writer) as sink:
         for start in range(0, rows, CHUNK):
             batch = []
@@ -63,22 +68,22 @@ def peak_mib() -> float:
 
 def resume(out: Path, rows: int, sources: int) -> None:
     """The driver's steps of a rerun naming `sources` paths (half in OUT, half new)."""
-    sys.path.insert(0, str(ROOT))
-    from alexnet_onnx.runtime.cluster import Output, iter_rows
+    from alexnet_onnx.runtime.cluster_sources import Source
+    from alexnet_onnx.runtime.cluster_store import RowStore
 
-    named = [path_of(rows - sources // 2 + i) for i in range(sources)]
+    named = [Source(path_of(rows - sources // 2 + i), path_of(rows - sources // 2 + i)) for i in range(sources)]
     report = {"imports": peak_mib()}
     start = time.perf_counter()
-    output = Output(out)
-    done = output.done()
-    todo = [p for p in named if p not in done]
+    store = RowStore(out)
+    store.open(SETTINGS, overwrite=False)
+    done = store.done(s.path for s in named)
+    todo = [s.path for s in named if s.path not in done]
     report["done check"] = peak_mib()
-    output.write_part([json.dumps({"path": p, "label": "cat", "score": 0.5, "top_k": [{"label": "cat", "score": 0.5}]})
-                       for p in todo])
-    output.finish()
+    store.write_part([json.dumps({"path": p, "label": "cat", "score": 0.5, "top_k": [{"label": "cat", "score": 0.5}]})
+                      for p in todo])
+    store.finish()
     report["merge"] = peak_mib()
-    wanted = set(named)
-    failed = sum("error" in row and row["path"] in wanted for row in iter_rows(out))
+    failed = sum("error" in row for row in store.rows({s.path for s in named}))
     report["error scan"] = peak_mib()
     report["seconds"] = time.perf_counter() - start
     report["todo"], report["failed"] = len(todo), failed

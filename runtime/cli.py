@@ -43,7 +43,11 @@ FEW_IMAGES = 4
                    "private one on this machine (local). Needs 'alexnet-onnx[cluster]'.")
 @click.option("--output", type=click.Path(path_type=Path),
               help="With --ray: write the rows (--format json's fields) to OUT.parquet or OUT.jsonl; "
-                   "a rerun with the same OUT classifies only what it lacks.")
+                   "a rerun with the same OUT classifies only what it lacks (it must use OUT's model, --top-k "
+                   "and --decode).")
+@click.option("--overwrite", is_flag=True,
+              help="With --ray --output: start OUT afresh instead of continuing it; the old OUT stays until "
+                   "the new run has finished.")
 @debug_option
 def main(
     model: Path,
@@ -56,6 +60,7 @@ def main(
     eval_dir: Path | None,
     ray_address: str | None,
     output: Path | None,
+    overwrite: bool,
     debug: bool,
 ) -> None:
     """Classify images (files, directories, globs) with MODEL, or evaluate it with --eval DIR.
@@ -75,11 +80,13 @@ def main(
             raise UsageError("no PATH given (images, directories or globs), and no --eval DIR")
         if output is not None and ray_address is None:
             raise UsageError("--output goes with --ray (without it the results go to standard output)")
+        if overwrite and output is None:
+            raise UsageError("--overwrite goes with --ray and --output (it starts OUT afresh)")
         if ray_address is not None:
             if eval_dir is not None and top_k is not None:
                 raise UsageError("--top-k with --eval is not available with --ray (it reports top-1 and top-5)")
-            return _cluster(model, paths, eval_dir, ray_address, output, fmt, top_k or 1, batch_size, decode, threads,
-                            debug)
+            return _cluster(model, paths, eval_dir, ray_address, output, overwrite, fmt, top_k or 1, batch_size, decode,
+                            threads, debug)
         from .predictor import Predictor
         from .session import available_cores
 
@@ -158,9 +165,10 @@ def _tops(ks: tuple[int, ...], stats: dict) -> str:
     return "  ".join(f"top-{k} " + ("-" if stats[f"top{k}"] is None else f"{stats[f'top{k}']:.4f}") for k in ks)
 
 
-def _cluster(model: Path, paths, eval_dir: Path | None, address: str, output: Path | None, fmt: str, top_k: int,
-             batch_size: int, decode: str, threads: int | None, debug: bool) -> int:
-    """`--ray`: the model is checked here (exit 3) before the cluster does any work."""
+def _cluster(model: Path, paths, eval_dir: Path | None, address: str, output: Path | None, overwrite: bool, fmt: str,
+             top_k: int, batch_size: int, decode: str, threads: int | None, debug: bool) -> int:
+    """`--ray`: the model (exit 3) and OUT's settings (exit 2) are checked here, before the cluster
+    does any work; --eval scores the rows as local --eval does (runtime.evaluate.score)."""
     import tempfile
     from importlib.util import find_spec
 
@@ -171,50 +179,52 @@ def _cluster(model: Path, paths, eval_dir: Path | None, address: str, output: Pa
     if find_spec("ray") is None or find_spec("pyarrow") is None:
         raise UsageError("--ray needs Ray Data: pip install 'alexnet-onnx[cluster]'")
     from . import cluster
+    from .cluster_sources import Source, list_sources
+    from .cluster_settings import RunSettings
+    from .cluster_store import RowStore, unstorable_path
+    from .evaluate import labeled_images, labels_to_rank, score
+    from .rows import result_from_row
 
     with tempfile.TemporaryDirectory(prefix="alexnet-onnx-eval-") as tmp:
-        out = cluster.Output(output or Path(tmp, "rows.jsonl"))
+        store = RowStore(output or Path(tmp, "rows.jsonl"))
         predictor = Predictor(model)
+        if eval_dir is not None:
+            top_k = labels_to_rank(predictor.labels)
+        store.open(RunSettings.of(model, top_k=top_k, decode=decode), overwrite=overwrite)
         labeled: dict[str, int] = {}
         if eval_dir is not None:
-            from .evaluate import labeled_images
-
-            items = labeled_images(eval_dir, predictor.labels)
-            labeled = {str(p): target for p, target in items}
-            sources, missing = [cluster.Source(str(p), os.path.abspath(p)) for p, _ in items], []
-            top_k = min(5, len(predictor.labels))
+            labeled = {str(p): target for p, target in labeled_images(eval_dir, predictor.labels)}
+            sources, missing = [Source(p, os.path.abspath(p)) for p in labeled], []
         else:
-            sources, missing = cluster.list_sources(paths, lambda n: click.echo(
+            sources, missing = list_sources(paths, lambda n: click.echo(
                 f"note: {n} file(s) in the folders have no image suffix and were skipped", err=True))
+        unstorable = unstorable_path(s.path for s in sources) if store.parquet else None
+        if unstorable is not None:
+            raise UsageError(f"{printable(unstorable)}: a file name that is not UTF-8, which Parquet cannot hold; "
+                             "use --output OUT.jsonl")
         with cluster.ray_output_silenced(not debug):
             cluster.connect(address, threads)
             try:
                 with Progress("images", total=len(sources) + len(missing)) as progress:
-                    summary = cluster.run(model, predictor, sources, missing, out, top_k=top_k, decode=decode,
+                    summary = cluster.run(model, predictor, sources, missing, store, top_k=top_k, decode=decode,
                                           batch_size=batch_size, on_progress=lambda s: progress.update(
                                               s.classified + s.already,
                                               f"{s.classified / max(s.seconds, 1e-9):.0f} img/s, {s.failed} failed"))
             finally:
                 cluster.disconnect()
         click.echo(f"{summary.classified} classified, {summary.already} already in "
-                   f"{printable(str(out.path))}, {summary.failed} failed, {summary.seconds:.1f} s; ran on {summary.nodes} "
+                   f"{printable(str(store.path))}, {summary.failed} failed, {summary.seconds:.1f} s; ran on {summary.nodes} "
                    f"node(s) (decoding on {summary.decode_nodes}, classifying on {summary.classify_nodes})", err=True)
         # OUT is streamed, not held: it may hold far more rows than this run named.
         if eval_dir is None:
             wanted = {s.path for s in sources} | {str(r.path) for r in missing}
-            failed = any("error" in row and row["path"] in wanted for row in cluster.iter_rows(out.path))
-            return EXIT_SOME_FAILED if failed else EXIT_OK
-        from .evaluate import Scorer
-
-        rows = {row["path"]: row for row in cluster.iter_rows(out.path) if row["path"] in labeled}
-        scorer = Scorer(predictor.labels)
-        for path, target in labeled.items():
-            row = rows[path]
-            prediction = cluster.prediction_from_row(row, predictor.labels)
-            scorer.add(target, cluster.Result(Path(path), prediction=prediction, error=row.get("error")))
-            if prediction is None:
-                click.echo(f"error: {printable(row['error'])}", err=True)
-        return _report(scorer.report(), fmt)
+            return EXIT_SOME_FAILED if any("error" in row for row in store.rows(wanted)) else EXIT_OK
+        rows = store.rows(set(labeled))
+        report = score(((labeled[row["path"]], result_from_row(row, predictor.labels)) for row in rows),
+                       predictor.labels, on_error=lambda message: click.echo(f"error: {printable(message)}", err=True))
+        if report.n + report.failed != len(labeled):
+            raise RuntimeError(f"{len(labeled) - report.n - report.failed} of the images have no row in {store.path}")
+        return _report(report, fmt)
 
 
 def entry() -> None:

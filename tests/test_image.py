@@ -250,10 +250,10 @@ def test_files_larger_than_the_budget_are_refused_before_they_are_read(tmp_path,
     with pytest.raises(ImageError, match=r"big.png: the file is 0 MiB, more than the 0 MiB an image may be"):
         image_module.read_file(path, str(path))
     pytest.importorskip("pyarrow", reason="the cluster extra is not installed: pip install '.[cluster]'")
-    from alexnet_onnx.runtime.cluster import _read
+    from alexnet_onnx.runtime.cluster_sources import read_source
 
     with pytest.raises(ImageError, match=r"the file is 0 MiB, more than the 0 MiB an image may be"):
-        _read(path.as_uri(), path.as_uri())
+        read_source(path.as_uri(), path.as_uri())
 
 
 def test_the_decode_budget_holds_back_what_does_not_fit(monkeypatch):
