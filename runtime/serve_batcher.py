@@ -8,7 +8,7 @@ to `max_wait_s`, and when none are it runs at once, so a lone request pays no ba
 
 Admission is bounded: past `max_queue` images admitted and not yet answered, `submit` refuses at
 once (`QueueFull`), so memory stays bounded under any load and the caller can answer 503.
-Each image ends as one `--format json` row, built by the CLI's own code (`classify.json_line`).
+Each image ends as one `--format json` row, built by the CLI's own code (`rows.json_line`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from .classify import Result, json_line
+from .rows import Result, json_line
 from .errors import ImageError, ModelError, first_line
 from .image import ALLOWED_FORMATS, Encoded
 from .serve_metrics import Metrics

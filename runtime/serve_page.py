@@ -19,7 +19,7 @@ h1{font-size:1.3rem;margin:0 0 .2rem}#model{color:#666;font-size:.85rem;margin-b
 #token{width:100%;box-sizing:border-box;margin:.6rem 0;padding:.3rem}
 .row{display:flex;align-items:center;margin:.3rem 0}.name{width:35%;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .bar{flex:1;background:#eee;height:1.1rem;margin:0 .5rem;border-radius:3px}.fill{background:#2a6;height:100%;border-radius:3px}
-.score{width:4.5rem;text-align:right;font-variant-numeric:tabular-nums}#error{color:#b00}#time{color:#666;font-size:.85rem}
+.score{width:4.5rem;text-align:right;font-variant-numeric:tabular-nums}#error{color:#b00}#note{color:#a60}#time{color:#666;font-size:.85rem}
 """
 
 SCRIPT = """
@@ -34,7 +34,7 @@ async function model() {
 }
 function auth() { const t = $("token").value.trim(); return t ? {"Authorization": "Bearer " + t} : {}; }
 async function classify(f) {
-  show($("error"), ""); show($("time"), ""); $("results").replaceChildren();
+  show($("error"), ""); show($("time"), ""); show($("note"), ""); $("results").replaceChildren();
   $("preview").src = URL.createObjectURL(f); $("preview").style.display = "block";
   const t0 = performance.now();
   let r;
@@ -57,6 +57,7 @@ async function classify(f) {
     const score = document.createElement("span"); score.className = "score"; score.textContent = k.score.toFixed(4);
     div.append(name, bar, score); $("results").append(div);
   }
+  if (row.accepted === false) show($("note"), "this looks like none of the model's labels; the best guesses are shown");
   show($("time"), "server " + (1000 * body.seconds).toFixed(1) + " ms \\u00b7 round trip " + ms.toFixed(1) + " ms");
 }
 drop.addEventListener("click", () => file.click());
@@ -75,7 +76,7 @@ PAGE = f"""<!doctype html>
 <body><h1>onnx-serve</h1><div id="model">loading the model&hellip;</div>
 <div id="drop">Drop a photo here, or click to choose one<input type="file" id="file" accept="image/*" hidden></div>
 <input id="token" type="password" placeholder="Token (only if the server asks for one)" autocomplete="off">
-<img id="preview" alt="the chosen photo"><div id="results"></div><div id="error" role="alert"></div><div id="time"></div>
+<img id="preview" alt="the chosen photo"><div id="results"></div><div id="note"></div><div id="error" role="alert"></div><div id="time"></div>
 <script>{SCRIPT}</script></body></html>
 """
 

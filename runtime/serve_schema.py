@@ -13,6 +13,8 @@ _ROW = {
         "score": {"type": "number"},
         "top_k": {"type": "array", "items": {"type": "object", "properties": {
             "label": {"type": "string"}, "score": {"type": "number"}}}},
+        "accepted": {"type": "boolean",
+                     "description": "False when the image looks like none of the labels (label is the best guess)."},
         "error": {"type": "string", "description": "The image policy's one line, when the image is unusable."},
     },
     "required": ["path"],
