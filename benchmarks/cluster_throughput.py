@@ -69,7 +69,9 @@ def main() -> None:
 
 def driver_rates(list_dir: Path) -> None:
     """The driver's serial work per row: listing inputs and writing rows (parts, then the merge)."""
-    from alexnet_onnx.runtime.cluster import Output, list_sources
+    from alexnet_onnx.runtime.cluster_settings import RunSettings
+    from alexnet_onnx.runtime.cluster_sources import list_sources
+    from alexnet_onnx.runtime.cluster_store import RowStore
 
     start = time.perf_counter()
     sources, _ = list_sources([str(list_dir)], lambda n: None)
@@ -79,7 +81,8 @@ def driver_rates(list_dir: Path) -> None:
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
         for suffix in (".jsonl", ".parquet"):
-            out = Output(Path(tmp, f"rows{suffix}"))
+            out = RowStore(Path(tmp, f"rows{suffix}"))
+            out.open(RunSettings("0" * 64, 1, "exact"), overwrite=False)
             n = 200_000
             start = time.perf_counter()
             for i in range(0, n, 20_000):
