@@ -25,6 +25,9 @@ from .predictor import Predictor
 from .rows import Result, json_line, result_row
 from .terminal import printable
 
+# What the text format prints for an image that looks like none of the model's classes.
+UNKNOWN = "unknown"
+
 
 def classify(
     predictor: Predictor, items: Iterable[InputItem], *, batch_size: int, top_k: int, workers: int
@@ -89,7 +92,8 @@ class Writer:
         if fmt == "csv":
             self.csv = csv.writer(out, lineterminator="\n")
         # csv: the header comes with the first result, so a run that fails first writes nothing.
-        self.header = ["path", "rank", "label", "score", "error"] if fmt == "csv" else None
+        # `accepted` comes last, so the columns before it keep their places.
+        self.header = ["path", "rank", "label", "score", "error", "accepted"] if fmt == "csv" else None
 
     def write(self, result: Result) -> None:
         if self.header:
@@ -102,12 +106,15 @@ class Writer:
         path = printable(row["path"])
         if self.fmt == "csv":
             if "error" in row:
-                self.csv.writerow([path, "", "", "", row["error"]])
+                self.csv.writerow([path, "", "", "", row["error"], ""])
+            accepted = "true" if row.get("accepted") else "false"
             for rank, top in enumerate(row.get("top_k", ()), start=1):
-                self.csv.writerow([path, rank, printable(top["label"]), f"{top['score']:.6f}", ""])
+                self.csv.writerow([path, rank, printable(top["label"]), f"{top['score']:.6f}", "", accepted])
         elif "error" in row:
             self.out.flush()
             self.err.write(f"error: {row['error']}\n")
         else:
             ranked = " | ".join(f"{printable(top['label'])} {top['score']:.4f}" for top in row["top_k"])
+            if not row["accepted"]:
+                ranked = f"{UNKNOWN} (best guess: {ranked})"
             self.out.write(f"{path}\t{ranked}\n")

@@ -37,6 +37,11 @@ FEW_IMAGES = 4
 @click.option("--decode", default="exact", show_default=True, type=click.Choice(["exact", "fast"]),
               help="exact: the training eval transform bit for bit; fast: JPEGs decoded at a reduced DCT "
                    "scale first (camera photos several times faster; see docs/runtime.md).")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), metavar="P",
+              help="Accept an image as one of the model's classes when its calibrated top score is at least P "
+                   "(a probability, 0..1), instead of the model's own rule. An image not accepted prints as "
+                   "'unknown (best guess: LABEL SCORE)' and its row gets accepted false; it is not an error.")
+@click.option("--accept-all", is_flag=True, help="Accept every image: never 'unknown' (rows: accepted true).")
 @click.option("--eval", "eval_dir", type=click.Path(path_type=Path), help="Evaluate on an ImageFolder DIR instead.")
 @click.option("--ray", "ray_address", metavar="ADDRESS|auto|local",
               help="Run as a Ray Data pipeline: on the cluster at ADDRESS, the running one (auto), or a "
@@ -57,6 +62,8 @@ def main(
     batch_size: int,
     threads: int | None,
     decode: str,
+    min_confidence: float | None,
+    accept_all: bool,
     eval_dir: Path | None,
     ray_address: str | None,
     output: Path | None,
@@ -78,6 +85,11 @@ def main(
             raise UsageError("give either PATHs or --eval DIR, not both")
         if eval_dir is None and not paths:
             raise UsageError("no PATH given (images, directories or globs), and no --eval DIR")
+        if min_confidence is not None and accept_all:
+            raise UsageError("give either --min-confidence P or --accept-all, not both")
+        if ray_address is not None and (min_confidence is not None or accept_all):
+            raise UsageError("--min-confidence and --accept-all are not available with --ray (its rows use the "
+                             "model's own rule)")
         if output is not None and ray_address is None:
             raise UsageError("--output goes with --ray (without it the results go to standard output)")
         if overwrite and output is None:
@@ -95,7 +107,8 @@ def main(
         # Folders: `workers` single-threaded model calls side by side with the decoders (classify).
         # The session is built while the first images decode; a model defect still ends the run
         # (exit 3) before any result is written, since results wait for the session.
-        predictor = Predictor(model, threads=threads if few else 1, few_images=few, decode=decode, background=True)
+        predictor = Predictor(model, threads=threads if few else 1, few_images=few, decode=decode, background=True,
+                              min_confidence=min_confidence, accept_all=accept_all)
         if eval_dir is not None:
             return _evaluate(predictor, eval_dir, fmt, top_k, batch_size, workers)
         return _predict(predictor, paths, fmt, top_k or 1, batch_size, workers)

@@ -3,7 +3,11 @@
     from alexnet_onnx.runtime import Predictor
     p = Predictor("model.onnx")
     for pred in p.predict(["cat.jpg", "dog.png"], top_k=3):
-        print(pred.label, pred.score)
+        print(pred.label, pred.score, pred.accepted)
+
+Scores are calibrated, softmax(logits / T) with the contract's temperature. `accepted` is False
+for an image that does not look like any of the model's classes (the contract's acceptance rule,
+or `min_confidence` / `accept_all`); its label is then only the best guess.
 
 A Predictor holds no mutable state once its session exists; `predict` may be called from several
 threads at once (onnxruntime sessions support concurrent `run`).
@@ -22,6 +26,7 @@ from typing import Iterable, Union
 import numpy as np
 from PIL import Image
 
+from .calibration import Acceptance, softmax
 from .contract import Contract, ContractError, Preprocess
 from .errors import ImageError, ModelError, UsageError, first_line
 from .image import DECODE_MODES, DECODES, FAST_DECODE_FACTOR, ImageSource, decode, decode_cost, opened
@@ -39,12 +44,14 @@ class Prediction:
     score: float
     index: int
     top_k: tuple[tuple[str, float], ...]
+    accepted: bool = True  # False: the image looks like none of the classes; `label` is the best guess
 
     def to_dict(self) -> dict:
         return {
             "label": self.label,
             "score": self.score,
             "top_k": [{"label": label, "score": score} for label, score in self.top_k],
+            "accepted": self.accepted,
         }
 
 
@@ -54,7 +61,8 @@ class OutputError(ImageError):
 
 class Predictor:
     def __init__(self, path: Union[str, os.PathLike], threads: int | None = None, *, few_images: bool = False,
-                 decode: str = "exact", background: bool = False) -> None:
+                 decode: str = "exact", background: bool = False, min_confidence: float | None = None,
+                 accept_all: bool = False) -> None:
         """`few_images`: tune start-up for a one-shot run on a handful of images: the weights are
         read by reference from the file (one copy, mapped; the file must not be rewritten in place
         while this Predictor lives), neither pre-packed nor re-laid out. That saves start-up time
@@ -67,15 +75,23 @@ class Predictor:
         or with `background=True` from the first call that needs the session (`ready`, `logits`,
         `predict`). `background`: only the file check and the contract happen here (milliseconds);
         onnxruntime builds the session in a thread meanwhile, so images can be decoded while it
-        does (`preprocess` needs the contract alone)."""
+        does (`preprocess` needs the contract alone).
+
+        Acceptance: by default the contract's rule; `min_confidence` P (0..1) accepts an image
+        when its calibrated top score is at least P instead; `accept_all` accepts every image."""
         if decode not in DECODE_MODES:
             raise UsageError(f"decode {decode!r} is not valid (choose from {', '.join(DECODE_MODES)})")
+        if min_confidence is not None and not 0 <= min_confidence <= 1:  # `not`: NaN is refused too
+            raise UsageError(f"min_confidence must be a probability from 0 to 1, got {min_confidence!r}")
+        if min_confidence is not None and accept_all:
+            raise UsageError("give either min_confidence or accept_all, not both")
         self.path = Path(path)
         self.decode = decode
         self._session: Future = Future()
         model = open_model(self.path, reference_weights=few_images)
         try:  # until _load owns the file, any failure closes it here
             self.contract = Contract.from_metadata(model.metadata)
+            self.acceptance = acceptance(self.contract, min_confidence=min_confidence, accept_all=accept_all)
             if background:
                 threading.Thread(target=self._load, args=(model, threads, few_images), daemon=True,
                                  name="onnxruntime-session").start()
@@ -185,10 +201,20 @@ class Predictor:
         """The Prediction for one image's logits (classes,); OutputError if any is NaN or infinite."""
         if not np.isfinite(logits).all():
             raise OutputError("the model's output is not finite (NaN or infinity); the model is broken")
-        probs = softmax(logits[None])[0]
+        probs = softmax(logits[None], self.contract.temperature)[0]
         order = np.argsort(-probs, kind="stable")[: max(1, min(top_k, len(probs)))]
         top = tuple((self.labels[i], float(probs[i])) for i in order)
-        return Prediction(label=top[0][0], score=top[0][1], index=int(order[0]), top_k=top)
+        accepted = bool(self.acceptance.accepts(logits[None])[0])
+        return Prediction(label=top[0][0], score=top[0][1], index=int(order[0]), top_k=top, accepted=accepted)
+
+
+def acceptance(contract: Contract, *, min_confidence: float | None = None, accept_all: bool = False) -> Acceptance:
+    """The rule that decides `Prediction.accepted`: the contract's own, or the override."""
+    if accept_all:
+        return Acceptance(temperature=contract.temperature)
+    if min_confidence is not None:
+        return Acceptance("max_softmax", float(min_confidence), contract.temperature)
+    return Acceptance(contract.accept_score, contract.accept_threshold, contract.temperature)
 
 
 def prepare(image: ImageSource, spec: Preprocess, decode_mode: str = "exact") -> np.ndarray:
@@ -199,8 +225,3 @@ def prepare(image: ImageSource, spec: Preprocess, decode_mode: str = "exact") ->
     with opened(image, min_side=min_side) as im, DECODES.hold(decode_cost(im)):
         return preprocess(decode(im), spec)
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)

@@ -1,6 +1,7 @@
 """One result row per input, the same for every output: `--format json`'s object, {"path",
-"label", "score", "top_k": [{"label", "score"}...]} for a prediction or {"path", "error"} for an
-input that failed. The text and CSV formats, the JSON lines and the cluster's Parquet and JSON
+"label", "score", "top_k": [{"label", "score"}...], "accepted"} for a prediction or {"path",
+"error"} for an input that failed. Scores are calibrated, softmax(logits / T); `accepted` is false
+for an image that looks like none of the model's classes (`label` is then the best guess). The text and CSV formats, the JSON lines and the cluster's Parquet and JSON
 lines are all written from `result_row`; `result_from_row` reads a row back."""
 
 from __future__ import annotations
@@ -47,5 +48,7 @@ def result_from_row(row: dict, labels: tuple[str, ...]) -> Result:
         raise DataError(f"{path}: its row names label {row['label']!r}, which the model does not have "
                         "(the rows were written with another model)")
     top = tuple((t["label"], float(t["score"])) for t in row["top_k"])
-    prediction = Prediction(label=row["label"], score=float(row["score"]), index=labels.index(row["label"]), top_k=top)
+    # A row without `accepted` comes from before models could say "none of these": all were accepted.
+    prediction = Prediction(label=row["label"], score=float(row["score"]), index=labels.index(row["label"]), top_k=top,
+                            accepted=bool(row.get("accepted", True)))
     return Result(path, prediction=prediction)

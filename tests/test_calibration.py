@@ -117,3 +117,137 @@ def test_fit_refuses_what_it_cannot_fit():
         cal.fit_temperature(np.zeros((0, 3)), np.zeros(0, np.int64))
     with pytest.raises(ValueError, match="finite"):
         cal.fit_temperature(np.array([[np.nan, 0.0]]), np.array([0]))
+
+
+# --- The runtime: calibrated scores, `accepted`, and the overrides ---------------------------------
+
+import csv  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+
+from click.testing import CliRunner  # noqa: E402
+
+from conftest import make_image  # noqa: E402
+from alexnet_onnx.runtime import Predictor  # noqa: E402
+from alexnet_onnx.runtime.cli import main as predict_main  # noqa: E402
+from alexnet_onnx.runtime.contract import Contract  # noqa: E402
+from alexnet_onnx.runtime.errors import UsageError  # noqa: E402
+
+
+def predict(*args):
+    return CliRunner().invoke(predict_main, [str(a) for a in args])
+
+
+def model_with(exported_model, path, **changes):
+    """The tiny exported model with its contract changed (the graph untouched); `version_1=True`
+    writes the metadata a model exported before contract version 2 has."""
+    import onnx
+
+    from alexnet_onnx.export.onnx_export import set_contract
+
+    proto = onnx.load(str(exported_model))
+    contract = Contract.from_metadata({p.key: p.value for p in proto.metadata_props})
+    if changes.pop("version_1", False):
+        contract = contract.with_(temperature=1.0, accept_threshold=None, contract_version="1")
+    set_contract(proto, contract.with_(**changes))
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(6):
+        make_image(i % 3, (40 + i, 36), rng).save(folder / f"{i}.png")
+    return sorted(folder.glob("*.png"))
+
+
+def plain_softmax(logits):
+    """The softmax rows were built from before scores were calibrated, verbatim."""
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_a_version_1_model_loads_and_its_rows_only_gain_accepted_true(exported_model, tmp_path, photos):
+    old = model_with(exported_model, tmp_path / "v1.onnx", version_1=True)
+    p = Predictor(old)
+    assert p.contract.contract_version == "1" and p.contract.temperature == 1.0
+    result = predict("-m", old, "--format", "json", "--top-k", "3", *photos)
+    assert result.exit_code == 0, result.output
+    probs = plain_softmax(p.logits(np.stack([p.preprocess(f) for f in photos])))
+    for line, row_probs, path in zip(result.stdout.splitlines(), probs, photos):
+        order = np.argsort(-row_probs, kind="stable")[:3]
+        before = {"path": str(path), "label": p.labels[order[0]], "score": float(row_probs[order[0]]),
+                  "top_k": [{"label": p.labels[i], "score": float(row_probs[i])} for i in order]}
+        assert line == json.dumps({**before, "accepted": True})
+
+
+def test_scores_are_softmax_of_logits_over_the_temperature(exported_model, tmp_path, photos):
+    model = model_with(exported_model, tmp_path / "t.onnx", temperature=2.5, accept_threshold=None)
+    p = Predictor(model)
+    logits = p.logits(np.stack([p.preprocess(f) for f in photos]))
+    for pred, row in zip(p.predict(photos, top_k=3), logits):
+        expected = plain_softmax(row[None].astype(np.float64) / 2.5)[0]
+        assert pred.score == pytest.approx(expected.max(), abs=1e-12)
+        assert pred.label == p.labels[int(row.argmax())] and pred.accepted
+
+
+@pytest.fixture()
+def rejecting(exported_model, tmp_path):
+    """A model whose rule accepts no image: an energy threshold far above any logit."""
+    return model_with(exported_model, tmp_path / "r.onnx", accept_score="energy", accept_threshold=1e9)
+
+
+def test_an_image_below_the_threshold_is_unknown_with_its_best_guess_and_exit_0(rejecting, photos):
+    text = predict("-m", rejecting, "--top-k", "2", photos[0])
+    assert text.exit_code == 0, text.output
+    best = Predictor(rejecting).predict([photos[0]], top_k=2)[0]
+    assert not best.accepted
+    (label1, s1), (label2, s2) = best.top_k
+    assert text.stdout == f"{photos[0]}\tunknown (best guess: {label1} {s1:.4f} | {label2} {s2:.4f})\n"
+    rows = predict("-m", rejecting, "--format", "json", *photos)
+    assert rows.exit_code == 0
+    objs = [json.loads(line) for line in rows.stdout.splitlines()]
+    assert [o["accepted"] for o in objs] == [False] * len(photos) and all(o["label"] and o["score"] > 0 for o in objs)
+    table = list(csv.DictReader(io.StringIO(predict("-m", rejecting, "--format", "csv", photos[0]).stdout)))
+    assert [r["accepted"] for r in table] == ["false"] and table[0]["label"] == label1
+
+
+def test_accept_all_and_min_confidence_override_the_models_rule(rejecting, photos):
+    everything = predict("-m", rejecting, "--format", "json", "--accept-all", *photos)
+    assert everything.exit_code == 0
+    objs = [json.loads(line) for line in everything.stdout.splitlines()]
+    assert all(o["accepted"] for o in objs)
+    assert "unknown" not in predict("-m", rejecting, "--accept-all", *photos).stdout
+    scores = sorted(o["score"] for o in objs)
+    cut = (scores[2] + scores[3]) / 2  # half the photos above, half below
+    ruled = [json.loads(line) for line in predict("-m", rejecting, "--format", "json", "--min-confidence", cut,
+                                                  *photos).stdout.splitlines()]
+    assert [o["accepted"] for o in ruled] == [o["score"] >= cut for o in ruled] and sum(o["accepted"] for o in ruled) == 3
+    api = Predictor(rejecting, min_confidence=cut).predict(photos)
+    assert [x.accepted for x in api] == [o["accepted"] for o in ruled]
+    assert all(x.accepted for x in Predictor(rejecting, accept_all=True).predict(photos))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--min-confidence", "0.5", "--accept-all"], "not both"),
+        (["--min-confidence", "1.5"], "0<=x<=1"),
+        (["--accept-all", "--ray", "local"], "not available with --ray"),
+    ],
+)
+def test_override_usage_errors_exit_2(exported_model, photos, args, message):
+    result = predict("-m", exported_model, *args, photos[0])
+    assert result.exit_code == 2 and message in result.stderr
+
+
+@pytest.mark.parametrize("kwargs,message", [({"min_confidence": 2.0}, "probability"),
+                                            ({"min_confidence": float("nan")}, "probability"),
+                                            ({"min_confidence": 0.5, "accept_all": True}, "not both")])
+def test_api_override_errors(exported_model, kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        Predictor(exported_model, **kwargs)
