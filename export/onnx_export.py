@@ -96,3 +96,13 @@ def set_contract(proto, contract: Contract) -> None:
     onnx.helper.set_model_props(proto, contract.to_metadata())
     proto.producer_name = "alexnet-onnx"
     proto.doc_string = f"{contract.arch} trained on {contract.dataset}; labels: {', '.join(contract.labels)}"
+
+
+def with_contract(data: bytes, contract: Contract) -> bytes:
+    """A serialized model with `contract` as its metadata (the graph untouched), checked again."""
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    set_contract(proto, contract)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()

@@ -3,18 +3,21 @@
 Gates (explicit, in one place): fp32 needs max |logit difference| <= FP32_MAX_ABS_DIFF and 100%
 top-1 agreement; reduced-precision variants need a top-1 drop against PyTorch of at most
 `max_drop` percentage points on labeled images (without labels, the disagreement rate stands
-in for the drop: it bounds it from above).
+in for the drop: it bounds it from above). With `max_class_drop`, a reduced-precision variant
+must also keep every class's drop within it (export/per_class.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Optional
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from alexnet_onnx.runtime.predictor import softmax
+from alexnet_onnx.runtime.calibration import softmax
+
+from .per_class import class_effects
 
 FP32_MAX_ABS_DIFF = 1e-4
 RANDOM_INPUTS = 16
@@ -44,6 +47,10 @@ class VariantReport:
     top1_drop_pp: Optional[float]
     gate: str
     passed: bool
+    worst_class: Optional[str] = None
+    worst_class_drop_pp: Optional[float] = None
+    most_moved: list = field(default_factory=list)  # [label, predictions changed], most first
+    per_class: dict = field(default_factory=dict)  # label -> n, top1_torch, top1_onnx, drop_pp, moved
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +59,8 @@ class VariantReport:
         acc = ""
         if self.top1_onnx is not None:
             acc = f" | top-1 torch {self.top1_torch:.4f} onnx {self.top1_onnx:.4f} (drop {self.top1_drop_pp:+.2f} pp)"
+        if self.worst_class is not None and self.worst_class_drop_pp:
+            acc += f" | worst class {self.worst_class} {self.worst_class_drop_pp:+.2f} pp"
         verdict = "PASS" if self.passed else "FAIL"
         return (f"{self.variant}: max |logit diff| {self.max_abs_diff:.3g}, top-1 agreement {self.top1_agreement:.4f} "
                 f"on {self.n_random} random + {self.n_images} real{acc} -> {verdict} ({self.gate})")
@@ -76,9 +85,11 @@ def onnx_logits(session, x: np.ndarray) -> np.ndarray:
 
 
 def compare(
-    variant: str, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], verify: VerifySet, max_drop_pp: float
+    variant: str, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], verify: VerifySet, max_drop_pp: float,
+    *, max_class_drop_pp: Optional[float] = None, class_names: Sequence[str] = (),
 ) -> VariantReport:
-    """`reference`/`candidate`: logits for the 'random' and 'images' inputs of `verify`."""
+    """`reference`/`candidate`: logits for the 'random' and 'images' inputs of `verify`;
+    `class_names`: the labels in output order (default: the class indices)."""
     ref = np.concatenate([reference["random"], reference["images"]]) if len(verify.images) else reference["random"]
     cand = np.concatenate([candidate["random"], candidate["images"]]) if len(verify.images) else candidate["random"]
     max_abs = float(np.abs(ref - cand).max())
@@ -96,5 +107,14 @@ def compare(
         measured = drop if drop is not None else 100.0 * (1.0 - agreement)
         gate = f"top-1 drop <= {max_drop_pp:g} pp" + ("" if drop is not None else " (disagreement, no labels)")
         passed = measured <= max_drop_pp
+    names = list(class_names) or [str(i) for i in range(ref.shape[1])]
+    effects = class_effects(reference["images"], candidate["images"], verify.labels, names)
+    if variant != "fp32" and max_class_drop_pp is not None:
+        if effects.worst_drop_pp is None:
+            gate += "; no real images, so no class checked"
+        else:
+            gate += f" and worst class <= {max_class_drop_pp:g} pp" + ("" if effects.labeled else " (disagreement)")
+            passed = passed and effects.worst_drop_pp <= max_class_drop_pp
     return VariantReport(variant, max_abs, agreement, soft, len(verify.random), len(verify.images),
-                         top1_ref, top1_cand, drop, gate, passed)
+                         top1_ref, top1_cand, drop, gate, passed, effects.worst_class, effects.worst_drop_pp,
+                         [list(m) for m in effects.most_moved], effects.per_class)

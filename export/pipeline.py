@@ -1,5 +1,5 @@
-"""export-onnx end to end: checkpoint -> fp32 ONNX -> variants -> parity gates -> atomic writes
--> report (JSON, markdown, printed table)."""
+"""export-onnx end to end: checkpoint -> fp32 ONNX -> variants -> calibrated scores in each
+contract -> parity gates -> atomic writes -> report (JSON, markdown, printed tables, diagram)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 from torch import nn
 
 from alexnet_onnx.runtime.atomic import atomic_write
-from alexnet_onnx.runtime.contract import Contract, package_version
+from alexnet_onnx.runtime.contract import CONTRACT_VERSION, Contract, package_version
 from alexnet_onnx.runtime.errors import DataError, ImageError, ModelError, UsageError
 from alexnet_onnx.runtime.evaluate import labeled_images
 from alexnet_onnx.runtime.image import load_image
@@ -23,14 +23,17 @@ from alexnet_onnx.runtime.session import create_session
 
 from alexnet_onnx.train.checkpoint import sha256_file
 from alexnet_onnx.train.config import TrainConfig
-from alexnet_onnx.train.data import load_splits
+from alexnet_onnx.train.data import Splits, load_splits
 
-from .onnx_export import model_from_checkpoint, set_contract, to_onnx
+from .onnx_export import model_from_checkpoint, to_onnx, with_contract
 from .options import ExportOptions
 from .parity import VariantReport, VerifySet, compare, onnx_logits, random_inputs, torch_logits
-from .report import latency_ms, markdown_table, text_table
+from .report import latency_ms, markdown_table, scores_table, text_table
+from .scores import LabeledImages, Scores, fit_scores
 
 Log = Callable[[str], None]
+# Validation images the temperature and the threshold are fitted on (a seeded sample beyond).
+FIT_MAX_IMAGES = 10_000
 
 
 class ParityError(ModelError):
@@ -46,11 +49,37 @@ class Gate:
     failed: tuple[str, ...]
 
     def error(self) -> ParityError:
+        class_gate = any("worst class" in self.results[n].gate for n in self.failed)
         return ParityError(
             f"{', '.join(self.failed)} failed the gate ({'; '.join(self.results[n].gate for n in self.failed)}); "
             f"nothing written for {'it' if len(self.failed) == 1 else 'them'}"
-            + (" (raise --max-drop to accept)" if "fp32" not in self.failed else "")
+            + ("" if "fp32" in self.failed else
+               " (raise --max-drop or --max-class-drop to accept)" if class_gate else " (raise --max-drop to accept)")
         )
+
+
+class CheckpointData:
+    """The checkpoint's own data splits, found on first use; None (noted once) when unreachable.
+    Never downloaded or created here."""
+
+    def __init__(self, ckpt: dict, log: Log) -> None:
+        self.ckpt, self.log = ckpt, log
+        self.data_dir = ""
+        self._splits: Optional[Splits] = None
+        self._looked = False
+
+    @property
+    def splits(self) -> Optional[Splits]:
+        if not self._looked:
+            self._looked = True
+            try:
+                cfg = TrainConfig.from_dict(self.ckpt["config"])
+                self.data_dir = cfg.data_dir
+                self._splits = load_splits(cfg.dataset, Path(cfg.data_dir), val_fraction=cfg.val_fraction,
+                                           limit_train=None, seed=cfg.seed, download=False)
+            except (DataError, UsageError, OSError) as exc:
+                self.log(f"note: the checkpoint's data is not reachable ({exc}); pass --verify-dir/--calib-dir DIR")
+        return self._splits
 
 
 def export_checkpoint(
@@ -60,12 +89,17 @@ def export_checkpoint(
     `measure_speed=False` leaves the latency columns out of the report."""
     targets = choose_targets(output, options.quantize, force=options.force)
     model, contract, ckpt = model_from_checkpoint(checkpoint)
-    contract = contract.with_(source_checkpoint_sha256=sha256_file(checkpoint), created_with=package_version())
+    contract = contract.with_(source_checkpoint_sha256=sha256_file(checkpoint), created_with=package_version(),
+                              contract_version=CONTRACT_VERSION)
     log(f"exporting {checkpoint} ({contract.arch}, {contract.num_classes} classes) to ONNX")
-    verify = verify_set(contract, ckpt, options.verify_dir, options.verify_size, log)
-    variants = build_variants(model, contract, ckpt, targets, options, log)
-    gate = gate_and_write(model, variants, targets, verify, options.max_drop, log)
-    report = write_report(checkpoint, output, variants, gate, verify, options,
+    data = CheckpointData(ckpt, log)
+    verify = verify_set(contract, data, options.verify_dir, options.verify_size, log)
+    variants = build_variants(model, contract, data, targets, options, log)
+    scores = fit_scores(variants, contract, fit_images(contract, data, log), check_images(contract, data, verify, options, log),
+                        temperature=options.temperature_value(), accept_score=options.accept_score, log=log)
+    gate = gate_and_write(model, scores.variants, targets, verify, options.max_drop, log,
+                          max_class_drop=options.max_class_drop, class_names=contract.labels)
+    report = write_report(checkpoint, output, scores.variants, gate, verify, options, scores=scores,
                           crop=contract.preprocess.crop, measure_speed=measure_speed, log=log)
     if gate.failed:
         raise gate.error()
@@ -90,7 +124,7 @@ def choose_targets(output: Path, quantize: str, *, force: bool) -> dict[str, Pat
 
 
 def build_variants(
-    model: nn.Module, contract: Contract, ckpt: dict, names: Collection[str], options: ExportOptions, log: Log
+    model: nn.Module, contract: Contract, data: CheckpointData, names: Collection[str], options: ExportOptions, log: Log
 ) -> dict[str, bytes]:
     """Serialized models, each with the contract for its variant: fp32 always (the reference the
     others derive from), int8 (calibrated on `options.calib_dir` or the checkpoint's training
@@ -100,7 +134,7 @@ def build_variants(
     if "int8" in names:
         from .quantize import quantize_int8
 
-        calib, _, calib_source = image_arrays(contract, ckpt, options.calib_dir, options.calib_size, log, split="train", seed=1)
+        calib, _, calib_source = image_arrays(contract, data, options.calib_dir, options.calib_size, log, split="train", seed=1)
         log(f"calibrating int8 ({options.calib_method}) on {calib_source}")
         variants["int8"] = with_contract(quantize_int8(fp32, calib, options.calib_method), contract.with_(variant="int8"))
     if "fp16" in names:
@@ -111,14 +145,16 @@ def build_variants(
 
 
 def gate_and_write(
-    model: nn.Module, variants: dict[str, bytes], targets: dict[str, Path], verify: VerifySet, max_drop: float, log: Log
+    model: nn.Module, variants: dict[str, bytes], targets: dict[str, Path], verify: VerifySet, max_drop: float, log: Log,
+    *, max_class_drop: Optional[float] = None, class_names: tuple[str, ...] = (),
 ) -> Gate:
     """Every variant against PyTorch on `verify`; each target that passes is written atomically,
     none when fp32 fails (the others derive from it). A refused target's path is left untouched."""
     reference = {"random": torch_logits(model, verify.random), "images": torch_logits(model, verify.images)}
     results: dict[str, VariantReport] = {}
     for name, data in variants.items():
-        results[name] = check_variant(name, data, reference, verify, max_drop)
+        results[name] = check_variant(name, data, reference, verify, max_drop, max_class_drop=max_class_drop,
+                                      class_names=class_names)
         log(results[name].line())
     failed = [n for n in targets if not results[n].passed]
     if not results["fp32"].passed:
@@ -134,52 +170,81 @@ def gate_and_write(
 
 def write_report(
     checkpoint: Path, output: Path, variants: dict[str, bytes], gate: Gate, verify: VerifySet, options: ExportOptions,
-    *, crop: int, measure_speed: bool, log: Log,
+    *, scores: Scores, crop: int, measure_speed: bool, log: Log,
 ) -> dict:
-    """One row per variant (parity, size, file, latency on this machine): printed as a table,
-    written to NAME.report.md beside `output` and, with `options.report_path`, as JSON."""
+    """One row per variant (parity, per-class effects, scores, size, file, latency on this
+    machine): printed as tables, written to NAME.report.md beside `output` with the reliability
+    diagrams in NAME.reliability.png, and, with `options.report_path`, as JSON."""
     rows: dict[str, dict] = {}
     for name, data in variants.items():
         written = gate.written.get(name)
         rows[name] = {**gate.results[name].to_dict(), "size_mb": len(data) / 1e6,
-                      "written_to": None if written is None else str(written)}
+                      "written_to": None if written is None else str(written), "scores": scores.checks[name].to_dict()}
         if measure_speed:
             rows[name].update(latency_b1_ms=latency_ms(data, crop, 1), latency_b32_ms=latency_ms(data, crop, 32))
-    report = {"checkpoint": str(checkpoint), "verify_images": verify.source, "max_drop_pp": options.max_drop, **rows}
+    stem = output.name.removesuffix(".onnx")
+    diagram = output.with_name(f"{stem}.reliability.png")
+    try:
+        from .reliability import reliability_png
+
+        drawn = reliability_png(scores.checks, diagram, scores.check_source)
+    except ImportError:  # matplotlib comes with the [train] extra
+        log("note: no reliability diagram (matplotlib is not installed: pip install 'alexnet-onnx[train]')")
+        drawn = False
+    report = {"checkpoint": str(checkpoint), "verify_images": verify.source, "max_drop_pp": options.max_drop,
+              "max_class_drop_pp": options.max_class_drop, "scores_fit_images": scores.fit_source,
+              "scores_check_images": scores.check_source, "reliability_png": str(diagram) if drawn else None, **rows}
     log(text_table(rows))
+    log(f"scores (softmax(logits / T)), checked on {scores.check_source}:")
+    log(scores_table(rows))
     if options.report_path is not None:
         atomic_write(options.report_path, lambda f: f.write(json.dumps(report, indent=2).encode()))
-    markdown = markdown_table(rows, verify.source)
-    atomic_write(output.with_name(output.name.removesuffix(".onnx") + ".report.md"), lambda f: f.write(markdown.encode()))
+    markdown = markdown_table(rows, verify.source, scores_source=scores.check_source, fit_source=scores.fit_source,
+                              diagram=diagram.name if drawn else "")
+    atomic_write(output.with_name(f"{stem}.report.md"), lambda f: f.write(markdown.encode()))
     return report
 
 
-def with_contract(data: bytes, contract: Contract) -> bytes:
-    import onnx
-
-    proto = onnx.load_from_string(data)
-    set_contract(proto, contract)
-    onnx.checker.check_model(proto, full_check=True)
-    return proto.SerializeToString()
-
-
-def check_variant(variant: str, data: bytes, reference: dict, verify: VerifySet, max_drop: float) -> VariantReport:
+def check_variant(variant: str, data: bytes, reference: dict, verify: VerifySet, max_drop: float, *,
+                  max_class_drop: Optional[float] = None, class_names: tuple[str, ...] = ()) -> VariantReport:
     session = create_session(data)
     candidate = {"random": onnx_logits(session, verify.random), "images": onnx_logits(session, verify.images)}
-    return compare(variant, reference, candidate, verify, max_drop)
+    return compare(variant, reference, candidate, verify, max_drop, max_class_drop_pp=max_class_drop,
+                   class_names=class_names)
 
 
-def verify_set(contract: Contract, ckpt: dict, verify_dir: Optional[Path], size: int, log: Log) -> VerifySet:
-    """Random inputs plus up to `size` real images: --verify-dir, else the checkpoint's val split."""
-    images, labels, source = image_arrays(contract, ckpt, verify_dir, size, log, split="val", seed=0)
+def verify_set(contract: Contract, data: CheckpointData, verify_dir: Optional[Path], size: int, log: Log) -> VerifySet:
+    """Random inputs plus up to `size` real images: --verify-dir, else the checkpoint's val split,
+    else its test split."""
+    images, labels, source = image_arrays(contract, data, verify_dir, size, log, split="verify", seed=0)
     return VerifySet(random_inputs(contract.preprocess.crop), images, labels, source)
 
 
+def fit_images(contract: Contract, data: CheckpointData, log: Log) -> LabeledImages:
+    """What the temperature and the threshold are fitted on: the checkpoint's validation split,
+    never its test split (none when it has no validation split)."""
+    return LabeledImages(*image_arrays(contract, data, None, FIT_MAX_IMAGES, log, split="val", seed=0))
+
+
+def check_images(contract: Contract, data: CheckpointData, verify: VerifySet, options: ExportOptions,
+                 log: Log) -> LabeledImages:
+    """Where the scores are checked: the --verify-dir images; else the checkpoint's test split (at
+    most --verify-size images); else the verify images, which are then the validation split the
+    scores were fitted on (said so in the source)."""
+    if options.verify_dir is None and options.verify_size:
+        images, labels, source = image_arrays(contract, data, None, options.verify_size, log, split="test", seed=0)
+        if labels is not None:
+            return LabeledImages(images, labels, source)
+        return LabeledImages(verify.images, verify.labels, f"{verify.source} (the images the scores were fitted on)")
+    return LabeledImages(verify.images, verify.labels, verify.source)
+
+
 def image_arrays(
-    contract: Contract, ckpt: dict, directory: Optional[Path], size: int, log: Log, *, split: str, seed: int
+    contract: Contract, data: CheckpointData, directory: Optional[Path], size: int, log: Log, *, split: str, seed: int
 ) -> tuple[np.ndarray, Optional[np.ndarray], str]:
     """Up to `size` preprocessed images (seeded sample) from `directory` — labeled when its
-    top-level folders are the model's labels — or else from the checkpoint's own data split."""
+    top-level folders are the model's labels — or else from the checkpoint's own data `split`:
+    "train", "val", "test", or "verify" (val, else test)."""
     spec = contract.preprocess
     loaders: list[Callable] = []
     labels: list[Optional[int]] = []
@@ -195,28 +260,25 @@ def image_arrays(
             labels.append(label)
         source = str(directory)
     else:
-        try:  # the checkpoint's own data, where it was trained: never downloaded or created here
-            cfg = TrainConfig.from_dict(ckpt["config"])
-            splits = load_splits(cfg.dataset, Path(cfg.data_dir), val_fraction=cfg.val_fraction,
-                                 limit_train=None, seed=cfg.seed, download=False)
-        except (DataError, UsageError, OSError) as exc:
-            log(f"note: the checkpoint's data is not reachable ({exc}); pass --verify-dir/--calib-dir DIR")
-            splits = None
+        splits = data.splits
         # Verification never uses images the model was trained on: val, else test, else none.
-        chosen = None if splits is None or splits.classes != list(contract.labels) else (
-            splits.train if split == "train" else splits.val or splits.test)
+        chosen = None if splits is None or splits.classes != list(contract.labels) else {
+            "train": splits.train, "val": splits.val, "test": splits.test, "verify": splits.val or splits.test}[split]
         if chosen is None:
             if split == "train":
                 raise DataError("int8 calibration needs images: pass --calib-dir DIR")
+            empty = np.zeros((0, 3, spec.crop, spec.crop), np.float32)
+            if split != "verify":
+                return empty, None, f"none (the checkpoint's data has no reachable {split} split)"
             if splits is not None:
                 log("note: the checkpoint was trained on all of its training images (no val or test split); "
                     "verifying on random inputs only (pass --verify-dir DIR for real images)")
-            return np.zeros((0, 3, spec.crop, spec.crop), np.float32), None, "none (random inputs only)"
+            return empty, None, "none (random inputs only)"
         for i in chosen.indices:
             loaders.append(lambda i=i, s=chosen.source: s.image(i))
             labels.append(chosen.source.labels[i])
         name = "train" if chosen is splits.train else splits.val_name if chosen is splits.val else "test"
-        source = f"{cfg.data_dir} ({name})"
+        source = f"{data.data_dir} ({name})"
     picked = sorted(random.Random(seed).sample(range(len(loaders)), min(size, len(loaders))))
     arrays, kept, bad = [], [], 0
     for i in picked:

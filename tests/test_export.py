@@ -141,6 +141,10 @@ def test_cli_options_are_export_options_defaults_and_choices(tmp_path):
         ("verify_size", 2.5, "--verify-size must be an integer >= 0"),
         ("max_drop", float("nan"), "--max-drop must be a number >= 0"),
         ("max_drop", -0.5, "--max-drop must be a number >= 0"),
+        ("max_class_drop", -1.0, "--max-class-drop must be a number >= 0"),
+        ("temperature", "0", "--temperature '0' is not valid (choose from fit, none, or a number from 0.001 to 1000)"),
+        ("temperature", "nan", "--temperature 'nan' is not valid"),
+        ("accept_score", "entropy", "--accept-score 'entropy' is not valid (choose from max_softmax, energy)"),
     ],
 )
 def test_export_options_refuse_bad_values_naming_the_valid_ones(field, value, message):
@@ -150,3 +154,73 @@ def test_export_options_refuse_bad_values_naming_the_valid_ones(field, value, me
     with pytest.raises(UsageError) as raised:
         ExportOptions(**{field: value})
     assert message in str(raised.value) and raised.value.exit_code == EXIT_USAGE
+
+
+def graph_bytes(path) -> bytes:
+    import onnx
+
+    return onnx.load(str(path)).graph.SerializeToString()
+
+
+def val_images(checkpoint):
+    """The checkpoint's own validation images (what export fits the scores on)."""
+    from alexnet_onnx.train.config import TrainConfig
+    from alexnet_onnx.train.data import load_splits
+
+    cfg = TrainConfig.from_dict(torch.load(checkpoint, weights_only=True)["config"])
+    splits = load_splits(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, limit_train=None, seed=cfg.seed,
+                         download=False)
+    return [splits.val.source.image(i) for i in splits.val.indices]
+
+
+def test_export_stores_fitted_scores_and_leaves_the_graph_alone(trained_run, tmp_path):
+    from alexnet_onnx.runtime import Predictor
+
+    fitted, plain, report = tmp_path / "t.onnx", tmp_path / "p.onnx", tmp_path / "r.json"
+    result = run_export(trained_run / "best.pt", "-o", fitted, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert run_export(trained_run / "best.pt", "-o", plain, "--temperature", "none").exit_code == 0
+    assert graph_bytes(fitted) == graph_bytes(plain)  # logits stay logits
+    with_t, without = Predictor(fitted), Predictor(plain)
+    assert with_t.contract.contract_version == "2" and without.contract.temperature == 1.0
+    data = json.loads(report.read_text())
+    scores = data["fp32"]["scores"]
+    # Fitted on the validation split, checked on the test split, never the other way round.
+    assert "seeded 0.25 of train" in data["scores_fit_images"] and "(test)" in data["scores_check_images"]
+    assert scores["temperature"] == with_t.contract.temperature != 1.0
+    assert scores["accept_threshold"] == with_t.contract.accept_threshold is not None
+    assert scores["top1_after"] == scores["top1_before"] and scores["n_check"] == 12
+    assert scores["nll_before"] > 0 and scores["ece_before"] >= 0 and scores["ece_after"] >= 0
+    # The documented acceptance on its own validation data: at least 95% accepted.
+    val = val_images(trained_run / "best.pt")
+    accepted = [p.accepted for p in with_t.predict(val)]
+    assert np.mean(accepted) >= 0.95 and scores["accepted_fit"] >= 0.95
+    # Temperature changes scores, never labels.
+    for a, b in zip(with_t.predict(val, top_k=3), without.predict(val, top_k=3)):
+        assert [label for label, _ in a.top_k] == [label for label, _ in b.top_k]
+    markdown = (tmp_path / "t.report.md").read_text()
+    assert "## Scores" in markdown and "## Per class" in markdown and "t.reliability.png" in markdown
+    assert (tmp_path / "t.reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ECE before" in result.stderr and "NLL after" in result.stderr
+
+
+@pytest.mark.parametrize("temperature,stored", [("fit", 1.0), ("2.5", 2.5)])
+def test_without_a_validation_split_the_scores_fall_back_with_a_warning(trained_run, tmp_path, temperature, stored):
+    """A checkpoint trained on all of train/ has only test/ beside it: the test split is never fitted on."""
+    from alexnet_onnx.runtime import Predictor
+
+    ckpt = torch.load(trained_run / "best.pt", weights_only=True)
+    ckpt["config"]["val_fraction"] = 0.0
+    torch.save(ckpt, tmp_path / "noval.pt")
+    out = tmp_path / "m.onnx"
+    result = run_export(tmp_path / "noval.pt", "-o", out, "--temperature", temperature)
+    assert result.exit_code == 0, result.output
+    assert "warning: no validation images" in result.stderr and "test split is never used" in result.stderr
+    contract = Predictor(out).contract
+    assert contract.temperature == stored and contract.accept_threshold is None
+
+
+def test_a_bad_temperature_is_a_usage_error(trained_run, tmp_path):
+    result = run_export(trained_run / "best.pt", "-o", tmp_path / "m.onnx", "--temperature", "warm")
+    assert result.exit_code == 2 and "--temperature 'warm' is not valid (choose from fit, none, or a number" in result.stderr
+    assert not (tmp_path / "m.onnx").exists()

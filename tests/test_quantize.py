@@ -144,3 +144,44 @@ def test_each_calibration_method_calibrates_differently(exported_model, tiny_fol
         scales[method] = tuple(float(numpy_helper.to_array(t)) for t in model.graph.initializer
                                if t.name.endswith("_scale") and not t.dims)
     assert len(set(scales.values())) == len(CALIBRATION_METHODS), scales
+
+
+def test_class_effects_by_hand():
+    from alexnet_onnx.export.per_class import class_effects
+
+    def onehot(indices):
+        return np.eye(3, dtype=np.float32)[indices]
+
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    reference = onehot([0, 0, 1, 1, 2, 0])  # torch: 5 of 6 right, class 2 half right
+    candidate = onehot([0, 1, 1, 1, 2, 2])  # the variant loses a cat and fixes an owl
+    effects = class_effects(reference, candidate, labels, ["cat", "dog", "owl"])
+    assert effects.per_class["cat"] == {"n": 2, "top1_torch": 1.0, "top1_onnx": 0.5, "drop_pp": 50.0, "moved": 1}
+    assert effects.per_class["owl"]["drop_pp"] == -50.0 and effects.per_class["dog"]["moved"] == 0
+    assert effects.worst_class == "cat" and effects.worst_drop_pp == 50.0
+    assert effects.most_moved == (("cat", 1), ("owl", 1))
+    # Without labels, images are grouped by PyTorch's prediction and a changed one counts as lost.
+    unlabeled = class_effects(reference, candidate, None, ["cat", "dog", "owl"])
+    assert unlabeled.per_class["cat"]["n"] == 3 and unlabeled.per_class["cat"]["top1_torch"] is None
+    assert unlabeled.worst_class == "cat" and unlabeled.worst_drop_pp == pytest.approx(200 / 3)
+
+
+def test_max_class_drop_refuses_a_variant_that_loses_one_class(trained_run, tiny_folder, tmp_path, monkeypatch):
+    from alexnet_onnx.export import quantize
+
+    monkeypatch.setattr(quantize, "quantize_int8", broken_int8)  # every image becomes "cat"
+    out, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    args = [trained_run / "best.pt", "-o", out, "--quantize", "int8", "--calib-dir", tiny_folder / "train",
+            "--verify-dir", tiny_folder / "test", "--max-drop", "100", "--report", report]
+    result = run_export(*args, "--max-class-drop", "5")
+    assert result.exit_code == 3 and "worst class <= 5 pp" in result.stderr and "--max-class-drop" in result.stderr
+    assert not out.exists()
+    row = json.loads(report.read_text())["int8"]
+    classes = row["per_class"]
+    assert sum(c["n"] for c in classes.values()) == row["n_images"] == 12
+    assert classes["cat"]["top1_onnx"] == 1.0  # the one class it still predicts
+    assert row["worst_class"] in ("dog", "owl") and row["worst_class_drop_pp"] == max(c["drop_pp"] for c in classes.values())
+    assert row["worst_class_drop_pp"] > 5 and row["most_moved"][0][1] > 0
+    assert "## Per class" in (tmp_path / "m.report.md").read_text()
+    # Off by default: the same variant passes the overall gate it was given.
+    assert run_export(*args).exit_code == 0 and out.exists()
