@@ -13,7 +13,8 @@ every phase is bounded by --seconds and --max-requests):
   then `onnx-serve` as given (defaults): start to ready, idle RSS, 16 clients closed loop
   (img/s, p50/p90/p99, batch sizes from /metrics), one client, an open loop at half the 16-client
   rate, 4x that rate for --overload-seconds (every answer 200 or 503? peak RSS) and the recovery
-  (16 clients right after: time until a 0.25 s window reaches 90% of the normal rate). In-process
+  (16 clients right after: time until a 0.25 s window of answers, the overload's tail included,
+  reaches 90% of the normal rate). In-process
   `Predictor` latency for one image and the CLI's one-image cold start come from the same run.
 Prints one markdown table per model, the targets beside the figures (or --format json), and the
 CPU this generator used itself: it shares the cores with the server it loads.
@@ -80,6 +81,7 @@ class Load:
         self.port, self.images, self.path = port, images, path
         self.records: list[tuple[float, float, int]] = []
         self.next = 0
+        self.schedule_end = 0.0
 
     def body(self) -> bytes:
         self.next += 1
@@ -124,6 +126,7 @@ class Load:
             at = start + i / rate
             await asyncio.sleep(max(0.0, at - time.perf_counter()))
             tasks.append(asyncio.ensure_future(scheduled(at)))
+        self.schedule_end = time.perf_counter()
         recovery = asyncio.ensure_future(after()) if after else None
         await asyncio.gather(*tasks)
         if recovery:
@@ -332,19 +335,17 @@ def serve_phases(proc: subprocess.Popen, port: int, images: list[bytes], args) -
     out["overload_4x"] = overload.summary()
     out["overload_4x"]["peak_rss_mib"] = rss.peak
     out["overload_4x"]["unanswered"] = sum(1 for _, _, s in overload.records if s not in (200, 503))
-    out["recovery_s"] = recovery_time(recovery, full)
+    out["recovery_s"] = recovery_time(overload.records + recovery.records, overload.schedule_end, full)
     return out
 
 
-def recovery_time(load: Load, normal: float) -> float | None:
-    """Seconds from the end of the overload until a window's rate reaches 90% of `normal`."""
-    if not load.records:
-        return None
-    start = min(t - lat for t, lat, _ in load.records)
-    end = max(t for t, _, _ in load.records)
+def recovery_time(records: list, start: float, normal: float) -> float | None:
+    """Seconds from `start` (the overload's last request sent) until the images answered in a
+    window (the overload's tail and the 16 clients after it alike) reach 90% of `normal`."""
+    end = max((t for t, _, _ in records), default=start)
     edge = start
     while edge + RECOVERY_WINDOW_S <= end:
-        done = sum(1 for t, _, s in load.records if s == 200 and edge <= t < edge + RECOVERY_WINDOW_S)
+        done = sum(1 for t, _, s in records if s == 200 and edge <= t < edge + RECOVERY_WINDOW_S)
         if done / RECOVERY_WINDOW_S >= 0.9 * normal:
             return edge + RECOVERY_WINDOW_S - start
         edge += RECOVERY_WINDOW_S
@@ -458,7 +459,7 @@ def main() -> None:
         print(json.dumps(report, indent=1))
         return
     print(f"{report['cpu']}, {report['cores']} cores; {report['command']}")
-    print(f"(the load generator used {report['generator_cpu_s']:.0f} CPU s of the same cores)\n")
+    print(f"(the load generator used {report['generator_cpu_s']:.1f} CPU s of the same cores)\n")
     print("\n\n".join(table(r) for r in results))
 
 

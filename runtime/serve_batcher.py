@@ -3,8 +3,9 @@
 `workers` threads decode and preprocess images through the image policy (`Predictor.preprocess`,
 inside the process-wide decode budget) while up to `workers` batches run through one-thread model
 calls side by side, so neither half waits for a core the other holds. A batch takes the decoded
-images of one model, up to `max_batch`; while more images are still decoding it waits for them up
-to `max_wait_s`, and when none are it runs at once, so a lone request pays no batching delay.
+images of one model, up to `max_batch`; while the cores are busy anyway (images still decoding, or
+another batch running) it waits for more up to `max_wait_s`, and otherwise runs at once, so a lone
+request pays no batching delay.
 
 Admission is bounded: past `max_queue` images admitted and not yet answered, `submit` refuses at
 once (`QueueFull`), so memory stays bounded under any load and the caller can answer 503.
@@ -66,6 +67,7 @@ class Batcher:
         self._ready: deque[Job] = deque()
         self._waiting = 0  # admitted, not yet answered
         self._decoding = 0  # admitted, not yet decoded
+        self._running = 0  # model calls in progress
         self._closed = False
         self._gather = threading.Lock()  # one model thread at a time collects a batch
         self._decoders = ThreadPoolExecutor(max(1, workers), thread_name_prefix="decode")
@@ -131,11 +133,17 @@ class Batcher:
                 batch = self._collect()
             if batch is None:
                 return
-            self._run(batch)
+            try:
+                self._run(batch)
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._cond.notify_all()
 
     def _collect(self) -> Optional[list[Job]]:
         """The next batch: images of the first ready image's model, up to max_batch. Waits up to
-        max_wait_s for images still decoding; None once closed and nothing is left."""
+        max_wait_s for more while images are decoding or another batch runs; None once closed and
+        nothing is left."""
         with self._cond:
             while not self._ready:
                 if self._closed and self._decoding == 0:
@@ -143,7 +151,9 @@ class Batcher:
                 self._cond.wait()
             model = self._ready[0].model
             deadline = time.monotonic() + self.max_wait_s
-            while self._decoding > 0 and sum(j.model is model for j in self._ready) < self.max_batch:
+            # Waiting costs no throughput while the cores are busy decoding or running another batch.
+            while (self._decoding > 0 or self._running > 0) and \
+                    sum(j.model is model for j in self._ready) < self.max_batch:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -153,6 +163,7 @@ class Batcher:
                 job = self._ready.popleft()
                 (batch if job.model is model and len(batch) < self.max_batch else rest).append(job)
             self._ready = rest
+            self._running += 1
             return batch
 
     def _run(self, batch: list[Job]) -> None:

@@ -22,7 +22,7 @@ SERVE_EXTRA = ("starlette", "uvicorn", "python_multipart")
               help="Decode threads and side-by-side model calls (default: the usable cores).")
 @click.option("--max-batch", default=16, show_default=True, type=click.IntRange(min=1), help="Images per model call.")
 @click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(min=0, max=10_000),
-              help="How long a batch waits for images still decoding.")
+              help="How long a batch waits for more images while the cores are busy.")
 @click.option("--max-queue", default=64, show_default=True, type=click.IntRange(min=1),
               help="Images admitted and not yet answered; past it, 503 with Retry-After.")
 @click.option("--max-body-mb", default=25.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
