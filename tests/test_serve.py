@@ -214,7 +214,9 @@ def test_413_is_answered_before_the_rest_of_the_body_is_sent(server):
     """A declared length over --max-body-mb (1 MiB here): 413 while 99% of the body is unsent."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
         sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n" + b"\0" * 1000)
-        reply = sock.recv(65536)
+        reply = b""
+        while chunk := sock.recv(65536):  # the server closes the connection after its answer
+            reply += chunk
     assert reply.startswith(b"HTTP/1.1 413 ")
     assert b"--max-body-mb (1 MiB)" in reply
 
@@ -223,6 +225,7 @@ def test_413_for_a_chunked_body_cut_off_at_the_limit(server):
     def chunks():
         for _ in range(40):
             yield b"\0" * 65536  # 2.5 MiB in all, no declared length
+    before = server.metric('onnx_serve_errors_total{kind="too_large"}')
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     try:
         conn.request("POST", "/v1/classify", body=chunks(), encode_chunked=True,
@@ -233,7 +236,8 @@ def test_413_for_a_chunked_body_cut_off_at_the_limit(server):
         pass
     finally:
         conn.close()
-    assert server.wait_metric('onnx_serve_errors_total{kind="too_large"}', lambda v: v >= 1) >= 1
+    assert server.wait_metric('onnx_serve_errors_total{kind="too_large"}', lambda v: v > before) == before + 1
+    assert server.metric("onnx_serve_queue_depth") == 0
 
 
 def test_contract_health_and_schema_endpoints(server, exported_model):
