@@ -202,7 +202,9 @@ class Predictor:
         if not np.isfinite(logits).all():
             raise OutputError("the model's output is not finite (NaN or infinity); the model is broken")
         probs = softmax(logits[None], self.contract.temperature)[0]
-        order = np.argsort(-probs, kind="stable")[: max(1, min(top_k, len(probs)))]
+        # Ranked by logit, which is the order of the probabilities (T > 0) and stays exact where a
+        # small T makes several of them underflow to 0.
+        order = np.argsort(-logits, kind="stable")[: max(1, min(top_k, len(probs)))]
         top = tuple((self.labels[i], float(probs[i])) for i in order)
         accepted = bool(self.acceptance.accepts(logits[None])[0])
         return Prediction(label=top[0][0], score=top[0][1], index=int(order[0]), top_k=top, accepted=accepted)

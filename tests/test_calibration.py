@@ -251,3 +251,10 @@ def test_override_usage_errors_exit_2(exported_model, photos, args, message):
 def test_api_override_errors(exported_model, kwargs, message):
     with pytest.raises(UsageError, match=message):
         Predictor(exported_model, **kwargs)
+
+
+def test_ranks_follow_the_logits_where_a_small_temperature_underflows_the_scores(exported_model, tmp_path):
+    p = Predictor(model_with(exported_model, tmp_path / "cold.onnx", temperature=0.001))
+    pred = p.prediction(np.array([0.0, -2.0, -1.0], np.float32), top_k=3)
+    assert [label for label, _ in pred.top_k] == [p.labels[0], p.labels[2], p.labels[1]]
+    assert [score for _, score in pred.top_k] == [1.0, 0.0, 0.0]  # exp(-1000) is 0 in float64
