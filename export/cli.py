@@ -30,7 +30,8 @@ D = DEFAULTS
 @click.option("--verify-dir", default=D["verify_dir"], type=click.Path(path_type=Path),
               help="Images for the parity check (ImageFolder for accuracy) [default: the checkpoint's val split].")
 @click.option("--verify-size", default=D["verify_size"], show_default=True, type=click.IntRange(min=MINIMUMS["verify_size"]),
-              help="At most this many real images in the parity check.")
+              help="At most this many real images in the parity check, and in the score check on the "
+                   "checkpoint's test split.")
 @click.option("--max-drop", default=D["max_drop"], show_default=True, type=click.FloatRange(min=MINIMUMS["max_drop"]),
               help="Largest top-1 drop (percentage points) accepted for reduced-precision variants.")
 @click.option("--max-class-drop", "max_class_drop", default=D["max_class_drop"], metavar="PP",
