@@ -55,6 +55,12 @@ class VariantReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def gate_record(self) -> dict:
+        """The verdict a written model carries in its contract (the per-class table stays in the report)."""
+        keep = ("passed", "gate", "max_abs_diff", "top1_agreement", "top1_drop_pp", "worst_class", "worst_class_drop_pp",
+                "n_images")
+        return {k: v for k, v in self.to_dict().items() if k in keep}
+
     def line(self) -> str:
         acc = ""
         if self.top1_onnx is not None:

@@ -25,7 +25,7 @@ from alexnet_onnx.train.checkpoint import sha256_file
 from alexnet_onnx.train.config import TrainConfig
 from alexnet_onnx.train.data import Splits, load_splits
 
-from .onnx_export import model_from_checkpoint, to_onnx, with_contract
+from .onnx_export import model_from_checkpoint, to_onnx, with_contract, with_gate_record
 from .options import ExportOptions
 from .parity import VariantReport, VerifySet, compare, onnx_logits, random_inputs, torch_logits
 from .report import latency_ms, markdown_table, scores_table, text_table
@@ -162,7 +162,8 @@ def gate_and_write(
     written: dict[str, Path] = {}
     for name, path in targets.items():
         if name not in failed:
-            atomic_write(path, lambda f, d=variants[name]: f.write(d))
+            stamped = with_gate_record(variants[name], results[name].gate_record())
+            atomic_write(path, lambda f, d=stamped: f.write(d))
             written[name] = path
             log(f"wrote {path} ({len(variants[name]) / 1e6:.1f} MB, {name})")
     return Gate(results, written, tuple(failed))

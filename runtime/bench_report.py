@@ -13,10 +13,9 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from .bench import BenchConfig, Latency, ModelBench, Throughput
-from .contract import Contract
+from .contract import GATE_METRIC, Contract
 from .terminal import printable
 
-GATE_KEY = "gate"
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class GateRecord:
 
 
 def gate_record(contract: Contract) -> GateRecord:
-    entry = contract.metrics.get(GATE_KEY)
+    entry = contract.metrics.get(GATE_METRIC)
     if isinstance(entry, dict) and isinstance(entry.get("passed"), bool):
         rule = entry.get("gate")
         return GateRecord(True, entry["passed"], rule if isinstance(rule, str) else "")

@@ -29,6 +29,8 @@ CALIBRATION_KEYS = ("temperature", "acceptance")
 SCORES = ("max_softmax", "energy")
 # The score export stores by default: the better of the two in docs/export.md's comparison.
 DEFAULT_SCORE = "max_softmax"
+# The key of `metrics` under which export records the variant's parity gate ({"passed": bool, "gate": rule, ...}).
+GATE_METRIC = "gate"
 # Temperatures a contract may hold: beyond these a model's scores are all 0/1 or all uniform.
 TEMPERATURE_RANGE = (1e-3, 1e3)
 # Bounds a usable contract stays within: sizes an image can have; mean and std on the 0..1

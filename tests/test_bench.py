@@ -63,7 +63,8 @@ def test_json_has_every_documented_field_with_sane_values(variants):
         assert set(row) == {"path", "variant", "arch", "input_size", "gate", "cold_start", "latency", "throughput", "image"}
         assert row["path"] == str(model) and row["variant"] == variant
         assert row["input_size"] == 32 and row["image"] is None
-        assert row["gate"] == {"recorded": False, "passed": False, "rule": ""}
+        # export-onnx records each written variant's gate in its contract
+        assert row["gate"]["recorded"] and row["gate"]["passed"] and row["gate"]["rule"]
         cold = row["cold_start"]
         assert cold["runs"] >= MIN_COLD_RUNS and 0 < cold["min_s"] <= cold["median_s"] <= cold["max_s"]
         assert 10 < cold["peak_rss_mib"] < 4096 and "onnx-predict" in " ".join(cold["command"])
@@ -73,7 +74,8 @@ def test_json_has_every_documented_field_with_sane_values(variants):
         assert {(r["batch"], r["threads"], r["streams"]) for r in row["throughput"]} == expected
         for r in row["throughput"]:
             assert r["runs"] >= MIN_THROUGHPUT_RUNS * r["streams"] and r["img_per_s"] > 0 and r["median_batch_ms"] > 0
-    assert data["pick"] == {"single_stream": None, "offline": None}  # no contract records a gate
+    assert data["pick"]["single_stream"]["path"] in {str(m) for m in models}
+    assert data["pick"]["offline"]["path"] in {str(m) for m in models}
     assert data["fastest_any_gate"]["single_stream"]["path"] in {str(m) for m in models}
 
 

@@ -36,6 +36,8 @@ def test_export_writes_self_describing_model_and_report(trained_run, tmp_path, t
     ckpt = torch.load(trained_run / "best.pt", weights_only=True)
     assert contract.labels == ("cat", "dog", "owl") and contract.variant == "fp32"
     assert contract.preprocess == Contract.from_metadata(ckpt["contract"]).preprocess
+    gate = contract.metrics["gate"]  # the verdict travels with the model (onnx-bench picks by it)
+    assert gate["passed"] is True and gate["max_abs_diff"] == data["max_abs_diff"] and gate["gate"] == data["gate"]
     import hashlib
 
     assert contract.source_checkpoint_sha256 == hashlib.sha256((trained_run / "best.pt").read_bytes()).hexdigest()
