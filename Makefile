@@ -2,7 +2,7 @@
 # make demo  - train alexnet_cifar briefly on CIFAR-10, export to ONNX with the parity report,
 #              classify a few test images and evaluate the exported model
 # make bench - the benchmark scripts (not part of make test) for CKPT=...; bench-camera / bench-hostile / bench-cluster alone
-# make bench-cifar10 - the full-scale CIFAR-10 run (interrupted once, resumed) and every accuracy figure of the README's results
+# make bench-cifar10 - the full-scale CIFAR-10 run (interrupted once, resumed) and every accuracy figure of docs/results.md
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -1,4 +1,4 @@
-"""The full-scale CIFAR-10 run and every accuracy figure the README's results table holds, in one
+"""The full-scale CIFAR-10 run and every accuracy figure docs/results.md holds, in one
 go: `train-alexnet --recipe cifar10-cpu`, interrupted once with Ctrl-C (SIGINT) during epoch 2 and
 continued with --resume, then the exported variants (fp32, int8 by each calibration method, fp16)
 measured on all 10,000 test images with `onnx-predict --eval` and against PyTorch image by image,

@@ -56,6 +56,8 @@ class Loaded:
             "arch": c.arch,
             "dataset": c.dataset,
             "metrics": dict(c.metrics),
+            "temperature": c.temperature,
+            "acceptance": {"score": c.accept_score, "threshold": c.accept_threshold},
             "source_checkpoint_sha256": c.source_checkpoint_sha256,
             "created_with": c.created_with,
             "contract_version": c.contract_version,

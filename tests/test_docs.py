@@ -18,7 +18,8 @@ README = ROOT / "README.md"
 PAGES = [README, ROOT / "artifacts" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 README_MAX_LINES = 200
 # Command-specific exit codes, beside the common ones every command's --help lists.
-EXTRA_EXIT_CODES = {"onnx-predict": {EXIT_SOME_FAILED}, "train-alexnet": {EXIT_DIVERGED}, "export-onnx": set()}
+EXTRA_EXIT_CODES = {"onnx-predict": {EXIT_SOME_FAILED}, "train-alexnet": {EXIT_DIVERGED}, "export-onnx": set(),
+                    "onnx-serve": set(), "onnx-bench": set()}
 
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 INLINE = re.compile(r"`([^`]+)`")  # a span may wrap onto the next line

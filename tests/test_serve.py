@@ -248,6 +248,11 @@ def test_contract_health_and_schema_endpoints(server, exported_model):
 
     assert model["sha256"] == hashlib.sha256(exported_model.read_bytes()).hexdigest()
     assert model["preprocess"]["crop"] == 32 and "source_checkpoint_sha256" in model
+    from alexnet_onnx.runtime import Predictor
+
+    contract = Predictor(exported_model).contract  # the calibrated-score rule, as the CLI applies it
+    assert model["temperature"] == contract.temperature
+    assert model["acceptance"] == {"score": contract.accept_score, "threshold": contract.accept_threshold}
     assert server.request("GET", "/healthz")[:1] == (200,)
     assert server.request("GET", "/readyz")[0] == 200
     spec = json.loads(server.request("GET", "/openapi.json")[2])

@@ -182,7 +182,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # dropout: label smoothing, weight decay and the EMA regularize enough, and validation top-1
     # is higher without it. EMA decay 0.99 per step (~0.6 epoch), because slower averages lag the
     # cosine tail. Flip averaging for what is validated and exported. Each value scored best on
-    # the validation split in full-length runs (README: results and wall time).
+    # the validation split in full-length runs (docs/results.md: results and wall time).
     "cifar10-cpu": dict(dataset="cifar10", arch="alexnet_cifar", epochs=15, batch_size=256, lr=0.1,
                         schedule="cosine", warmup_fraction=0.15, label_smoothing=0.1, weight_decay=1e-3,
                         dropout=0.0, ema=0.99, tta=True, cache="memory", val_fraction=0.1),

@@ -62,7 +62,7 @@ def shipped_from_checkpoint(ckpt: dict[str, Any], path: Path, device: Optional[t
 def uses_bf16(device: torch.device, precision: str = "auto") -> bool:
     """Whether `precision` means bf16 autocast on `device`: auto picks it where bf16 arithmetic
     is native (CUDA; x86 CPUs with AMX or AVX512_BF16, where `alexnet_cifar` trains ~2x faster
-    than in fp32 -- README, Precision), fp32 elsewhere."""
+    than in fp32 -- docs/training.md, precision), fp32 elsewhere."""
     if precision != "auto":
         return precision == "bf16"
     if device.type == "cuda":
