@@ -12,7 +12,8 @@ way in both places (the contract names this policy `IMAGE_POLICY`):
 - every other mode (L, 1, P, CMYK, YCbCr, ...) goes through Pillow's `convert("RGB")`.
 
 Only regular files are opened (a FIFO or device is refused without blocking), only in the
-formats in `ALLOWED_FORMATS`; images over `MAX_PIXELS`, or whose decoding would need more than
+formats in `ALLOWED_FORMATS`; files over `MAX_FILE_BYTES`, or past the structure bounds of
+`image_structure` (JPEG scans, PNG chunks, TIFF strips and tiles), images over `MAX_PIXELS`, or whose decoding would need more than
 `DECODE_BUDGET` bytes (estimated from the header: bytes per pixel of the decoded mode, the
 conversion and the EXIF rotation), are refused before any pixel is decoded. Conversions work in
 bands of rows, so a deep image costs its decoded size plus its 8-bit result, and grey images stay
@@ -45,6 +46,8 @@ from PIL import (  # noqa: F401
 
 from .errors import ImageError, first_line
 from .files import NotRegularFile, open_regular
+from .image_structure import check_structure
+from .image_structure import check_size as check_file_size
 
 # Formats a camera, phone, browser or dataset produces (JPEG covers multi-picture MPO files);
 # no PDF/EPS/FITS/PSD and friends.
@@ -100,27 +103,23 @@ def opened(source: ImageSource, *, min_side: int | None = None) -> Iterator[Imag
         return
     path = Path(source.name) if isinstance(source, Encoded) else Path(source)
     with _image_errors(path), \
-            (io.BytesIO(source.data) if isinstance(source, Encoded) else os.fdopen(open_regular(path), "rb")) as f, \
-            Image.open(f, formats=ALLOWED_FORMATS) as im:
-        _check_pixels(im, path)
-        if min_side is not None:
-            _draft(im, min_side)
-        _check_budget(im, path)
-        yield im
+            (io.BytesIO(source.data) if isinstance(source, Encoded) else os.fdopen(open_regular(path), "rb")) as f:
+        check_file_size(f.seek(0, os.SEEK_END), str(path))
+        check_structure(f, str(path))
+        with Image.open(f, formats=ALLOWED_FORMATS) as im:
+            _check_pixels(im, path)
+            if min_side is not None:
+                _draft(im, min_side)
+            _check_budget(im, path)
+            yield im
 
 
 def read_file(path: Path, name: str) -> Encoded:
     """The bytes of the image file at `path`, refused as `opened` refuses it (not a regular file,
-    missing, unreadable, or larger than DECODE_BUDGET), under the name errors show."""
+    missing, unreadable, or larger than MAX_FILE_BYTES), under the name errors show."""
     with _image_errors(Path(name)), os.fdopen(open_regular(path), "rb") as f:
         check_file_size(os.fstat(f.fileno()).st_size, name)
         return Encoded(name, f.read())
-
-
-def check_file_size(size: int, name: str) -> None:
-    """Refuse, before reading it, an image file larger than DECODE_BUDGET."""
-    if size > DECODE_BUDGET:
-        raise ImageError(f"{name}: the file is {size >> 20} MiB, more than the {DECODE_BUDGET >> 20} MiB an image may be")
 
 
 @contextmanager

@@ -158,6 +158,7 @@ def test_missing_file_and_directory(tmp_path):
 # -- memory: a budget in bytes, conversions in bands ----------------------------------------------
 
 from alexnet_onnx.runtime import image as image_module  # noqa: E402
+from alexnet_onnx.runtime import image_structure as structure  # noqa: E402
 
 
 def _reference_policy(im: Image.Image) -> np.ndarray:
@@ -243,17 +244,21 @@ def test_images_over_the_byte_budget_are_refused_from_the_header(tmp_path, monke
         load_image(path)
 
 
-def test_files_larger_than_the_budget_are_refused_before_they_are_read(tmp_path, monkeypatch):
+def test_files_larger_than_the_size_bound_are_refused_before_they_are_read(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     Image.new("RGB", (64, 64)).save(path)
-    monkeypatch.setattr(image_module, "DECODE_BUDGET", path.stat().st_size - 1)
+    monkeypatch.setattr(structure, "MAX_FILE_BYTES", path.stat().st_size - 1)
     with pytest.raises(ImageError, match=r"big.png: the file is 0 MiB, more than the 0 MiB an image may be"):
         image_module.read_file(path, str(path))
+    with pytest.raises(ImageError, match=r"big.png: the file is 0 MiB, more than the 0 MiB an image may be"):
+        load_image(path)  # the local path too
     pytest.importorskip("pyarrow", reason="the cluster extra is not installed: pip install '.[cluster]'")
     from alexnet_onnx.runtime.cluster_sources import read_source
 
     with pytest.raises(ImageError, match=r"the file is 0 MiB, more than the 0 MiB an image may be"):
         read_source(path.as_uri(), path.as_uri())
+    monkeypatch.setattr(structure, "MAX_FILE_BYTES", path.stat().st_size)
+    assert load_image(path).size == (64, 64)
 
 
 def test_the_decode_budget_holds_back_what_does_not_fit(monkeypatch):
@@ -297,3 +302,87 @@ def test_the_decode_budget_holds_back_what_does_not_fit(monkeypatch):
     second.join(30)
     assert held, f"B went in beside A (bytes in use then: {b_saw})"
     assert b_saw == [50] and budget.used == 0
+
+
+# Structure bounds (runtime/image_structure.py): files that decode slowly or into far more memory
+# than their pixel count says are refused from their bytes; real files of each kind pass.
+
+import io  # noqa: E402
+
+import image_bombs  # noqa: E402
+
+
+def _scans(path) -> int:
+    with open(path, "rb") as f:
+        return structure.jpeg_scans(structure.Window(f), 10**6)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_real_progressive_jpeg_passes_and_its_scans_are_counted(tmp_path, mode):
+    pixels = np.random.default_rng(1).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    path = tmp_path / "p.jpg"
+    Image.fromarray(pixels).convert(mode).save(path, progressive=True, comment=b"\xff\xda" * 300)
+    written = path.read_bytes().count(b"\xff\xda") - 300  # the markers less those in the comment
+    assert _scans(path) == written and 2 <= written <= 12
+    assert load_image(path).size == (200, 300)
+
+
+def test_jpeg_scans_are_bounded_at_the_limit(tmp_path):
+    at = image_bombs.jpeg_scans(tmp_path / "at.jpg", structure.MAX_JPEG_SCANS)
+    over = image_bombs.jpeg_scans(tmp_path / "over.jpg", structure.MAX_JPEG_SCANS + 1)
+    assert _scans(at) == structure.MAX_JPEG_SCANS
+    load_image(at)
+    with pytest.raises(ImageError, match=rf"over.jpg: a JPEG of more than {structure.MAX_JPEG_SCANS} scans"):
+        load_image(over)
+
+
+def test_only_the_first_picture_of_a_multi_picture_jpeg_counts(tmp_path):
+    """An MPO carries more pictures after the first EOI; only the first is decoded."""
+    one = image_bombs.jpeg_scans(tmp_path / "one.jpg", structure.MAX_JPEG_SCANS).read_bytes()
+    both = tmp_path / "both.jpg"
+    both.write_bytes(one + one)
+    assert _scans(both) == structure.MAX_JPEG_SCANS
+    load_image(both)
+
+
+def test_real_tiffs_pass(tmp_path):
+    pixels = np.random.default_rng(2).integers(0, 256, (700, 500, 3), dtype=np.uint8)
+    for name, options in {"strips.tif": {}, "deflate.tif": {"compression": "tiff_adobe_deflate"},
+                          "big.tif": {"big_tiff": True}}.items():
+        Image.fromarray(pixels).save(tmp_path / name, **options)
+        np.testing.assert_array_equal(np.asarray(load_image(tmp_path / name)), pixels)
+    with Image.open(tmp_path / "deflate.tif") as im:
+        assert len(im.tag_v2[273]) > 1  # libtiff writes several strips: the count check really ran
+
+
+def test_tiff_strips_beyond_what_the_size_needs_are_refused(tmp_path):
+    fits = image_bombs.tiff_strips(tmp_path / "fits.tif", 3, width=1, height=3)
+    assert load_image(fits).size == (1, 3)
+    with pytest.raises(ImageError, match=r"a 1x3 TIFF claiming 4 strips \(its size needs 3"):
+        load_image(image_bombs.tiff_strips(tmp_path / "over.tif", 4, width=1, height=3))
+    tall = structure.MAX_TIFF_CHUNKS + 1
+    with pytest.raises(ImageError, match=rf"claiming {tall} strips \(its size needs {tall}, at most"):
+        load_image(image_bombs.tiff_strips(tmp_path / "tall.tif", tall, width=1, height=tall))
+
+
+def test_a_tiff_tile_larger_than_image_and_bound_is_refused(tmp_path):
+    with pytest.raises(ImageError, match=r"a 1x1 TIFF with 32768x32768 tiles"):
+        load_image(image_bombs.tiff_tile(tmp_path / "tile.tif"))
+    with open(image_bombs.tiff_tile(tmp_path / "ok.tif", tile=256), "rb") as f:
+        structure.check_structure(f, "ok.tif")  # a 256x256 tile for a 1x1 image is what writers do
+
+
+@pytest.mark.parametrize("kind", [b"tEXt", b"prIv"])
+def test_png_chunks_past_the_bound_are_refused_and_real_ones_pass(tmp_path, kind):
+    over = image_bombs.png_chunk(tmp_path / "over.png", kind, structure.MAX_PNG_CHUNK + 1)
+    with pytest.raises(ImageError, match=rf"a PNG '{kind.decode()}' chunk of 16 MiB, more than the 16 MiB"):
+        load_image(over)
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * 500_000)  # a large but real text chunk
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, format="PNG", pnginfo=info)
+    path = tmp_path / "real.png"
+    path.write_bytes(buffer.getvalue())
+    assert load_image(path).getpixel((0, 0)) == (1, 2, 3)

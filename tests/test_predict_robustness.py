@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import image_bombs
 from fuzzing import check_decodes  # the one definition of the property
 from alexnet_onnx.runtime import Predictor
 from alexnet_onnx.runtime.cli import main
@@ -161,3 +163,40 @@ def test_corrupt_exif_is_classified_without_warning_noise(exported_model, tmp_pa
     proc = subprocess.run([sys.executable, "-m", "alexnet_onnx.runtime.cli", "-m", str(exported_model), str(bad)],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.startswith(str(bad)) and proc.stderr == ""
+
+
+# Address space of the onnx-predict under test (it needs a few hundred MB): each bomb let
+# through would need more, so a regression fails the test instead of taking the machine.
+MEMORY_CAP = 1 << 30
+BOMBS = {  # file name: (writer, what the error row says)
+    "scans.jpg": (lambda p: image_bombs.jpeg_scans(p, 2000, side=1024), "more than 100 scans"),
+    "strips.tif": (lambda p: image_bombs.tiff_strips(p, 50_000), "claiming 50000 strips (its size needs 1"),
+    "tall.tif": (lambda p: image_bombs.tiff_strips(p, 200_000, height=200_000), "at most 131072 are allowed"),
+    "tile.tif": (image_bombs.tiff_tile, "with 32768x32768 tiles"),
+    "text.png": (lambda p: image_bombs.png_chunk(p, b"tEXt", 100 << 20), "'tEXt' chunk of 100 MiB"),
+    "private.png": (lambda p: image_bombs.png_chunk(p, b"prIv", 100 << 20), "'prIv' chunk of 100 MiB"),
+    "huge.png": (lambda p: image_bombs.png_chunk(p, b"prIv", 1100 << 20), "the file is 1100 MiB, more than the 128"),
+}
+
+
+def capped(limit: int):
+    def preexec() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return preexec
+
+
+@pytest.mark.parametrize("name", list(BOMBS))
+def test_an_image_bomb_is_its_own_error_row_in_bounded_memory(exported_model, tmp_path, name):
+    write, message = BOMBS[name]
+    before, after = tmp_path / "a.png", tmp_path / "c.png"
+    for path in (before, after):
+        Image.new("RGB", (40, 30), (200, 10, 10)).save(path)
+    bomb = write(tmp_path / name)
+    proc = subprocess.run([sys.executable, "-m", "alexnet_onnx.runtime.cli", "-m", str(exported_model), "--format",
+                           "json", str(before), str(bomb), str(after)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120, preexec_fn=capped(MEMORY_CAP))
+    assert proc.returncode == 1, proc.stderr
+    rows = {row["path"]: row for row in map(json.loads, proc.stdout.splitlines())}
+    assert "label" in rows[str(before)] and "label" in rows[str(after)]
+    assert message in rows[str(bomb)]["error"] and "Traceback" not in proc.stderr
