@@ -407,7 +407,7 @@ def test_rows_equal_local_onnx_predict_and_a_rerun_adds_only_new_paths(exported_
     assert len(rows) == 12 and all(len(r["top_k"]) == 3 for r in rows)
 
 
-def _descendants(root: int) -> dict[int, str]:
+def descendants(root: int) -> dict[int, str]:
     """Processes below `root` (its local Ray's raylet and workers) and their titles; other Ray
     instances on the machine (a parallel test worker's) are left out."""
     parent, title = {}, {}
@@ -434,12 +434,12 @@ def _descendants(root: int) -> dict[int, str]:
 KILL_TITLES = {"decode task": "ray::MapBatches(decode_batch)", "actor": "ray::MapWorker(MapBatches(Classifier)).submit"}
 
 
-def _kill_each_once(proc: subprocess.Popen, deadline: float) -> set[str]:
+def kill_each_once(proc: subprocess.Popen, deadline: float) -> set[str]:
     """SIGKILL one process of each KILL_TITLES while it works, whichever shows first; returns
     which were killed before the run ended."""
     killed: set[str] = set()
     while len(killed) < len(KILL_TITLES) and proc.poll() is None and time.monotonic() < deadline:
-        processes = _descendants(proc.pid)
+        processes = descendants(proc.pid)
         for name, title in KILL_TITLES.items():
             pids = [pid for pid, text in processes.items() if title in text]
             if name not in killed and pids:
@@ -461,7 +461,7 @@ def test_killed_decode_worker_and_actor_are_retried_without_duplicates(exported_
         folder = linked(tmp_path / f"links{attempt}", photos24, n)
         out = tmp_path / f"rows{attempt}.jsonl"
         proc = start("-m", str(exported_model), "--ray", "local", str(folder), "--output", str(out))
-        killed = _kill_each_once(proc, time.monotonic() + HANG)  # a bound on a hang, not a speed requirement
+        killed = kill_each_once(proc, time.monotonic() + HANG)  # a bound on a hang, not a speed requirement
         _, stderr = proc.communicate(timeout=HANG)
         assert proc.returncode == 0, stderr
         rows = rows_of(out)
@@ -526,7 +526,7 @@ def test_two_node_cluster_classifies_and_evaluates_on_both_nodes(exported_model,
 # A head started with `ray start --head`, as docs/cluster.md says
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -537,7 +537,7 @@ def ray_head(env: dict) -> Iterator[str]:
     """`ray start --head --block` on a free loopback port, as its own process group, stopped by
     signalling that group (not `ray stop`, which stops every Ray on the machine); yields its
     address. Its temp folder is short: Ray's socket paths must fit in 107 bytes."""
-    port = _free_port()
+    port = free_port()
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     log = temp / "head.log"
     cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
@@ -585,6 +585,9 @@ def test_a_head_with_token_authentication_is_one_line_without_the_token_and_work
         assert f"the Ray cluster at {address} requires token authentication" in message
         assert "export RAY_AUTH_MODE=token" in message and "RAY_AUTH_MODE=disabled" in message
         assert not out.exists()
+        proc = cli("-m", str(exported_model), "--ray", address, str(test), "--output", str(out),
+                   env={**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-heads-token"})
+        assert "refused this machine's token" in one_line_error(proc, 2) and not out.exists()
         proc = cli("-m", str(exported_model), "--ray", address, str(test), "--output", str(out),
                    env={**env, "RAY_AUTH_MODE": "token"})
         assert proc.returncode == 0, proc.stderr
