@@ -43,6 +43,9 @@ FEW_IMAGES = 4
                    "'unknown (best guess: LABEL SCORE)' and its row gets accepted false; it is not an error.")
 @click.option("--accept-all", is_flag=True, help="Accept every image: never 'unknown' (rows: accepted true).")
 @click.option("--eval", "eval_dir", type=click.Path(path_type=Path), help="Evaluate on an ImageFolder DIR instead.")
+@click.option("--follow-links", is_flag=True,
+              help="Walk into links to folders found inside the given folders (and a glob's **); without it they "
+                   "are skipped, so a walk never leaves the folders given. Each real folder is walked once.")
 @click.option("--ray", "ray_address", metavar="ADDRESS|auto|local",
               help="Run as a Ray Data pipeline: on the cluster at ADDRESS, the running one (auto), or a "
                    "private one on this machine (local). Needs 'alexnet-onnx[cluster]'.")
@@ -69,6 +72,7 @@ def main(
     output: Path | None,
     overwrite: bool,
     debug: bool,
+    follow_links: bool,
 ) -> None:
     """Classify images (files, directories, globs) with MODEL, or evaluate it with --eval DIR.
 
@@ -98,7 +102,7 @@ def main(
             if eval_dir is not None and top_k is not None:
                 raise UsageError("--top-k with --eval is not available with --ray (it reports top-1 and top-5)")
             return _cluster(model, paths, eval_dir, ray_address, output, overwrite, fmt, top_k or 1, batch_size, decode,
-                            threads, debug)
+                            threads, debug, follow_links)
         from .predictor import Predictor
         from .session import available_cores
 
@@ -110,8 +114,8 @@ def main(
         predictor = Predictor(model, threads=threads if few else 1, few_images=few, decode=decode, background=True,
                               min_confidence=min_confidence, accept_all=accept_all)
         if eval_dir is not None:
-            return _evaluate(predictor, eval_dir, fmt, top_k, batch_size, workers)
-        return _predict(predictor, paths, fmt, top_k or 1, batch_size, workers)
+            return _evaluate(predictor, eval_dir, fmt, top_k, batch_size, workers, follow_links)
+        return _predict(predictor, paths, fmt, top_k or 1, batch_size, workers, follow_links)
 
     run(go, debug=debug)
 
@@ -123,7 +127,7 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def _predict(predictor, paths, fmt: str, top_k: int, batch_size: int, workers: int) -> int:
+def _predict(predictor, paths, fmt: str, top_k: int, batch_size: int, workers: int, follow_links: bool) -> int:
     from .classify import Writer, classify
     from .inputs import Skipped, iter_inputs
 
@@ -133,8 +137,8 @@ def _predict(predictor, paths, fmt: str, top_k: int, batch_size: int, workers: i
     skipped = Skipped()
     # Progress only where a person watches stderr while the results go to a file or a pipe.
     with Progress("images", enabled=not sys.stdout.isatty()) as progress:
-        for result in classify(predictor, iter_inputs(paths, skipped), batch_size=batch_size, top_k=top_k,
-                               workers=workers):
+        inputs = iter_inputs(paths, skipped, follow_links=follow_links)
+        for result in classify(predictor, inputs, batch_size=batch_size, top_k=top_k, workers=workers):
             failed += result.error is not None
             done += 1
             writer.write(result)
@@ -142,10 +146,13 @@ def _predict(predictor, paths, fmt: str, top_k: int, batch_size: int, workers: i
     sys.stdout.flush()
     if skipped.files:
         click.echo(f"note: {skipped.files} file(s) in the folders have no image suffix and were skipped", err=True)
+    if skipped.links:
+        click.echo(f"note: {skipped.links} link(s) to folders were not followed (--follow-links follows them)", err=True)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-def _evaluate(predictor, root: Path, fmt: str, top_k: int | None, batch_size: int, workers: int) -> int:
+def _evaluate(predictor, root: Path, fmt: str, top_k: int | None, batch_size: int, workers: int,
+              follow_links: bool) -> int:
     from .evaluate import evaluate
 
     def on_error(message: str) -> None:
@@ -153,7 +160,7 @@ def _evaluate(predictor, root: Path, fmt: str, top_k: int | None, batch_size: in
 
     with Progress("images") as progress:
         report = evaluate(predictor, root, batch_size=batch_size, workers=workers, on_error=on_error,
-                          on_progress=progress.update, top_k=top_k)
+                          on_progress=progress.update, top_k=top_k, follow_links=follow_links)
     return _report(report, fmt)
 
 
@@ -179,7 +186,7 @@ def _tops(ks: tuple[int, ...], stats: dict) -> str:
 
 
 def _cluster(model: Path, paths, eval_dir: Path | None, address: str, output: Path | None, overwrite: bool, fmt: str,
-             top_k: int, batch_size: int, decode: str, threads: int | None, debug: bool) -> int:
+             top_k: int, batch_size: int, decode: str, threads: int | None, debug: bool, follow_links: bool) -> int:
     """`--ray`: the model (exit 3) and OUT's settings (exit 2) are checked here, before the cluster
     does any work; --eval scores the rows as local --eval does (runtime.evaluate.score)."""
     import tempfile
@@ -206,11 +213,11 @@ def _cluster(model: Path, paths, eval_dir: Path | None, address: str, output: Pa
         store.open(RunSettings.of(model, top_k=top_k, decode=decode), overwrite=overwrite)
         labeled: dict[str, int] = {}
         if eval_dir is not None:
-            labeled = {str(p): target for p, target in labeled_images(eval_dir, predictor.labels)}
+            labeled = {str(p): target for p, target in labeled_images(eval_dir, predictor.labels, follow_links)}
             sources, missing = [Source(p, os.path.abspath(p)) for p in labeled], []
         else:
             sources, missing = list_sources(paths, lambda n: click.echo(
-                f"note: {n} file(s) in the folders have no image suffix and were skipped", err=True))
+                f"note: {n} file(s) in the folders have no image suffix and were skipped", err=True), follow_links)
         unstorable = unstorable_path(s.path for s in sources) if store.parquet else None
         if unstorable is not None:
             raise UsageError(f"{printable(unstorable)}: a file name that is not UTF-8, which Parquet cannot hold; "

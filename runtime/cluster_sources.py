@@ -27,9 +27,11 @@ class Source:
     read: str
 
 
-def list_sources(args: Iterable[str], on_skipped: Callable[[int], None]) -> tuple[list[Source], list[Result]]:
+def list_sources(args: Iterable[str], on_skipped: Callable[[int], None],
+                 follow_links: bool = False) -> tuple[list[Source], list[Result]]:
     """Inputs to classify (first occurrence of each path) and error rows for arguments that name
-    nothing (as local onnx-predict reports them)."""
+    nothing (as local onnx-predict reports them); links to directories inside folders only with
+    `follow_links` (runtime.inputs)."""
     sources: list[Source] = []
     missing: list[Result] = []
     seen: set[str] = set()
@@ -47,7 +49,7 @@ def list_sources(args: Iterable[str], on_skipped: Callable[[int], None]) -> tupl
         else:
             local.append(arg)
     skipped = Skipped()
-    for item in iter_inputs(local, skipped):
+    for item in iter_inputs(local, skipped, follow_links=follow_links):
         if isinstance(item, Missing):
             missing.append(Result(item.path, error=f"{item.path}: {item.reason}"))
         else:

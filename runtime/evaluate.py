@@ -67,9 +67,11 @@ def class_folders(root: Path, labels: tuple[str, ...]) -> list[str]:
     return names
 
 
-def labeled_images(root: Path, labels: tuple[str, ...]) -> list[tuple[Path, int]]:
-    """(path, label index) for every image of the ImageFolder `root`, in a stable order."""
-    items = [(path, labels.index(name)) for name in class_folders(root, labels) for path in walk_images(root / name)]
+def labeled_images(root: Path, labels: tuple[str, ...], follow_links: bool = False) -> list[tuple[Path, int]]:
+    """(path, label index) for every image of the ImageFolder `root`, in a stable order; links
+    to directories inside a class folder only with `follow_links` (runtime.inputs)."""
+    items = [(path, labels.index(name)) for name in class_folders(root, labels)
+             for path in walk_images(root / name, follow_links=follow_links)]
     if not items:
         raise DataError(f"{root}: no images found in the class folders")
     return items
@@ -121,10 +123,11 @@ def evaluate(
     on_error: Callable[[str], None],
     on_progress: Optional[Callable[[int], None]] = None,
     top_k: int | None = None,
+    follow_links: bool = False,
 ) -> EvalReport:
     """Classify every image of the ImageFolder `root` and score the answers (top-1, top-5, and
     top-`top_k` when given); images that cannot be read go to `on_error` and count as failed."""
-    items = labeled_images(root, predictor.labels)
+    items = labeled_images(root, predictor.labels, follow_links)
     results = classify(predictor, (p for p, _ in items), batch_size=batch_size,
                        top_k=labels_to_rank(predictor.labels, top_k), workers=workers)
     return score(((target, result) for (_, target), result in zip(items, results)), predictor.labels,
