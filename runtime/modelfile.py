@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import protowalk
+from .operators import Refused, check_operators
 from .errors import ModelError
 from .files import NotRegularFile, open_regular
 
@@ -119,6 +120,10 @@ def _check(path: Path, fd: int, reference_weights: bool) -> ModelFile:
             ) from None
         except protowalk.Malformed as exc:
             raise ModelError(f"{path}: not a valid ONNX model ({exc})") from None
+        try:
+            check_operators(buf)
+        except Refused as exc:
+            raise ModelError(f"{path}: {exc} (docs/security.md lists the allowed operators)") from None
         model = ModelFile(path, fd, scan.metadata, _fd_path(fd, path), identity=_identity(info))
         if reference_weights:
             _reference(model, buf, scan)

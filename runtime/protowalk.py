@@ -64,7 +64,7 @@ class Scan:
 
 def scan_model(buf) -> Scan:
     """Check a whole serialized ModelProto (bytes or a memory map)."""
-    walker = _Walker(buf)
+    walker = Walker(buf)
     metadata: dict[str, str] = {}
     spans: list[Span] = []
     graphs = metadata_bytes = 0
@@ -100,7 +100,7 @@ def referencing_copy(buf, referenced: set[Span], location: bytes) -> bytes:
     """The ModelProto in `buf` (already checked by `scan_model`) with the top-level initializers
     whose raw_data span is in `referenced` turned into external-data references to `location`
     at the offsets where those bytes lie in `buf`."""
-    walker = _Walker(buf)
+    walker = Walker(buf)
     out = bytearray()
     for number, wire, value, start, end in walker.fields(0, len(buf)):
         if number != _MODEL_GRAPH:
@@ -116,7 +116,7 @@ def referencing_copy(buf, referenced: set[Span], location: bytes) -> bytes:
     return bytes(out)
 
 
-class _Walker:
+class Walker:
     def __init__(self, buf) -> None:
         self.buf = buf
         self.left = MAX_FIELDS
@@ -214,7 +214,7 @@ class _Walker:
             raise Malformed(f"metadata entry {shown!r} is not valid UTF-8") from None
 
 
-def _referencing_tensor(walker: _Walker, span: Span, referenced: set[Span], location: bytes) -> bytes:
+def _referencing_tensor(walker: Walker, span: Span, referenced: set[Span], location: bytes) -> bytes:
     buf = walker.buf
     raw = None
     for number, wire, value, _, _ in walker.fields(*span):

@@ -378,20 +378,13 @@ def _cast_input(dtype: int):
 
 
 def _unknown_class_count(model):
-    """Output (batch, ?) that is really (batch, 4) at run time: shape inference cannot tell."""
+    """Output declared (batch, ?) that is really (batch, 4): found by shape inference or a first run."""
     producer = next(n for n in model.graph.node if "logits" in n.output)
     producer.output[0] = "logits_pre"
     model.graph.initializer.extend([helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
-                                    helper.make_tensor("axis1", TensorProto.INT64, [1], [1])])
+                                    helper.make_tensor("one", TensorProto.INT64, [1], [1])])
     model.graph.node.extend([
-        helper.make_node("ReduceMax", ["input"], ["peak"], keepdims=0),  # data-dependent ...
-        helper.make_node("Abs", ["peak"], ["abs"]),
-        helper.make_node("Mul", ["abs", "abs"], ["sq"]),
-        helper.make_node("Sign", ["sq"], ["one_f"]),  # ... 1 for any non-zero input, 0 for zeros
-        helper.make_node("Add", ["one_f", "one_f"], ["two_f"]),
-        helper.make_node("Cast", ["two_f"], ["two"], to=TensorProto.INT64),
-        helper.make_node("Max", ["two", "axis1"], ["end"]),  # shape (1,), >= 1 whatever the input
-        helper.make_node("Slice", ["logits_pre", "zero", "end", "axis1"], ["extra"]),
+        helper.make_node("Slice", ["logits_pre", "zero", "one", "one"], ["extra"]),
         helper.make_node("Concat", ["logits_pre", "extra"], ["logits"], axis=1),
     ])
     del model.graph.output[0].type.tensor_type.shape.dim[1:]
@@ -406,7 +399,7 @@ DEFECTS = {
     "mean-1e300": (lambda m: set_meta(m, "preprocess", json.dumps({**_pre(m), "mean": [1e300, 0, 0]})), "mean"),
     "input-double": (_cast_input(TensorProto.DOUBLE), r"tensor\(double\)"),
     "input-uint8": (_cast_input(TensorProto.UINT8), r"tensor\(uint8\)"),
-    "unknown-class-count": (_unknown_class_count, "not \\(batch, 3\\)"),
+    "unknown-class-count": (_unknown_class_count, "not \\(batch, 3\\)|does not match the contract's 3 labels"),
 }
 
 
@@ -515,3 +508,148 @@ def test_nothing_raw_reaches_the_terminal(exported_model, images, tmp_path):
     assert proc.returncode == 3 and proc.stdout == ""
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, repr(proc.stderr)
     assert not any(c in proc.stderr[:-1] for c in CONTROL), repr(proc.stderr)
+
+
+# -- operators outside the allow-list: crashes, hangs and run-time allocations ----------------------
+
+INT64_MIN = -(2**63)
+MEMORY_CAP = 3 << 30  # address space for a hostile run: a regression fails instead of taking the machine
+
+
+def capped_cli(*args, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`cli` under an address-space cap."""
+    import resource
+
+    return cli(*args, timeout=timeout,
+               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP)))
+
+
+def _int_tensor(name: str, values, dtype=TensorProto.INT64) -> TensorProto:
+    return helper.make_tensor(name, dtype, [len(values)], values)
+
+
+def _as_float_addend(nodes: list, integer: str) -> list:
+    """`nodes`, then `integer` turned into a (3,) float tensor of zeros added to the logits."""
+    return [*nodes, helper.make_node("Cast", [integer], ["as_f"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["as_f", "zero_f"], ["zeroed"]),
+            helper.make_node("Expand", ["zeroed", "three"], ["c"])]
+
+
+def _attack(kind: str, model) -> None:
+    g = model.graph
+    g.initializer.extend([helper.make_tensor("zero_f", TensorProto.FLOAT, [], [0.0]), _int_tensor("three", [3])])
+    if kind == "int64-min-div-minus-1":  # SIGFPE in constant folding
+        g.initializer.extend([_int_tensor("big", [INT64_MIN]), _int_tensor("minus1", [-1])])
+        nodes = [helper.make_node("Div", ["big", "minus1"], ["q"])]
+        add_to_logits(model, _as_float_addend(nodes, "q"), "c")
+    elif kind == "div-by-shape":  # the -1 comes from the input's shape at run time
+        g.initializer.extend([_int_tensor("big", [INT64_MIN]), _int_tensor("minus2", [-2])])
+        nodes = [helper.make_node("Shape", ["input"], ["s"], start=1, end=2),  # (3,)
+                 helper.make_node("Div", ["s", "minus2"], ["m"]),  # -1 (C division truncates)
+                 helper.make_node("Div", ["big", "m"], ["q"])]
+        add_to_logits(model, _as_float_addend(nodes, "q"), "c")
+    elif kind == "integer-div-only":  # no Cast needed: the integer Div itself is refused
+        g.initializer.extend([_int_tensor("big", [INT64_MIN]), _int_tensor("minus1", [-1]),
+                              _int_tensor("shape3", [3])])
+        nodes = [helper.make_node("Div", ["big", "minus1"], ["q"]),
+                 helper.make_node("Reshape", ["zero3", "shape3"], ["c"])]
+        g.initializer.append(helper.make_tensor("zero3", TensorProto.FLOAT, [3], [0, 0, 0]))
+        add_to_logits(model, nodes, "c")
+    elif kind in ("loop-pile-up", "loop-10^12-trips"):
+        trips = 2**31 if kind == "loop-pile-up" else 10**12
+        g.initializer.extend([_int_tensor("trips", [trips]), true_const("cond")])
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"]),
+             helper.make_node("Identity", ["v_in"], ["scan"])], "body",
+            [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+             helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [3])],
+            [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [3]),
+             helper.make_tensor_value_info("scan", TensorProto.FLOAT, [3])])
+        g.initializer.append(helper.make_tensor("v0", TensorProto.FLOAT, [3], [0, 0, 0]))
+        add_to_logits(model, [helper.make_node("Loop", ["trips", "cond", "v0"], ["c", "piled"], body=body)], "c")
+    elif kind == "scan-2e8-rows":
+        body = helper.make_graph([helper.make_node("Identity", ["row"], ["out"])], "body",
+                                 [helper.make_tensor_value_info("row", TensorProto.FLOAT, [3])],
+                                 [helper.make_tensor_value_info("out", TensorProto.FLOAT, [3])])
+        g.initializer.append(_int_tensor("rows", [200_000_000, 3]))
+        nodes = [helper.make_node("ConstantOfShape", ["rows"], ["big"]),
+                 helper.make_node("Scan", ["big"], ["scanned"], body=body, num_scan_inputs=1),
+                 helper.make_node("ReduceSum", ["scanned"], ["c"], axes=[0], keepdims=0)]
+        add_to_logits(model, nodes, "c")
+    elif kind == "functions-calling-twice":
+        previous = None
+        model.opset_import.append(helper.make_opsetid("attack", 1))
+        for level in range(41):
+            body = [helper.make_node("Identity", ["x"], ["y"])] if previous is None else [
+                helper.make_node(previous, ["x"], ["a"], domain="attack"),
+                helper.make_node(previous, ["a"], ["y"], domain="attack")]
+            model.functions.append(helper.make_function("attack", f"F{level}", ["x"], ["y"], body,
+                                                        [helper.make_opsetid("", 20), helper.make_opsetid("attack", 1)]))
+            previous = f"F{level}"
+        g.initializer.append(helper.make_tensor("v0", TensorProto.FLOAT, [3], [0, 0, 0]))
+        add_to_logits(model, [helper.make_node(previous, ["v0"], ["c"], domain="attack")], "c")
+    elif kind == "einsum-ellipsis":
+        g.initializer.append(helper.make_tensor("v0", TensorProto.FLOAT, [3], [0, 0, 0]))
+        add_to_logits(model, [helper.make_node("Einsum", ["v0", "v0"], ["c"], equation="...i,...i->...i")], "c")
+    elif kind in ("ConstantOfShape", "Expand", "Tile", "Resize"):  # 3.2 GB from the input's shape
+        g.initializer.extend([_int_tensor("s", [1, 3, 32, 32]), _int_tensor("k", [1]),
+                              _int_tensor("huge", [1, 1, 800_000, 1000])])
+        grow = {"ConstantOfShape": [helper.make_node("ConstantOfShape", ["huge"], ["big"])],
+                "Expand": [helper.make_node("Expand", ["input", "huge"], ["big"])],
+                "Tile": [helper.make_node("Tile", ["input", "huge"], ["big"])],
+                "Resize": [helper.make_node("Constant", [], ["scales"], value=helper.make_tensor(
+                    "sc", TensorProto.FLOAT, [4], [1, 1, 200, 200])),
+                    helper.make_node("Resize", ["input", "", "scales"], ["big"])]}[kind]
+        nodes = [*grow, helper.make_node("ReduceMax", ["big"], ["peak"], keepdims=0),
+                 helper.make_node("Mul", ["peak", "zero_f"], ["z"]), helper.make_node("Expand", ["z", "three"], ["c"])]
+        add_to_logits(model, nodes, "c")
+    elif kind == "subgraph-on-allowed-op":
+        then = branch("then", [helper.make_node("Identity", ["w"], ["t"])], "t",
+                      [helper.make_tensor("w", TensorProto.FLOAT, [3], [0, 0, 0])])
+        producer = next(n for n in g.node if "logits" in n.output)
+        producer.attribute.append(helper.make_attribute("g", then))
+    else:
+        raise ValueError(kind)
+
+
+ATTACKS = {
+    "int64-min-div-minus-1": "operator 'Expand'|casts to|divides", "div-by-shape": "operator 'Shape'",
+    "integer-div-only": "divides tensors that are not known to be float", "loop-pile-up": "operator 'Loop'",
+    "loop-10^12-trips": "operator 'Loop'", "scan-2e8-rows": "operator 'ConstantOfShape'",
+    "functions-calling-twice": "defines its own functions", "einsum-ellipsis": "operator 'Einsum'",
+    "ConstantOfShape": "operator 'ConstantOfShape'", "Expand": "operator 'Expand'", "Tile": "operator 'Tile'",
+    "Resize": "operator 'Resize'", "subgraph-on-allowed-op": "carries a subgraph",
+}
+
+
+@pytest.mark.parametrize("kind", list(ATTACKS))
+def test_models_outside_the_operator_allow_list_exit_3_on_both_load_paths(exported_model, images, tmp_path, kind):
+    """Each would crash (SIGFPE, SIGABRT), hang the session build or the run, or allocate
+    gigabytes; the walk refuses it before onnxruntime sees it: one line, exit 3, under a memory cap."""
+    model = load(exported_model)
+    _attack(kind, model)
+    path = save(model, tmp_path)
+    for inputs in ([images[0]], [images[0].parent]):
+        proc = capped_cli("-m", path, *inputs)
+        assert proc.returncode == 3, proc.stderr
+        assert proc.stderr.count("\n") == 1 and re.search(ATTACKS[kind], proc.stderr), proc.stderr
+        assert "allowed operators" in proc.stderr
+
+
+def test_every_operator_export_onnx_writes_is_allowed(exported_model):
+    """The fixture's fp32 export loads; test_quantize and test_export cover int8 and fp16."""
+    from alexnet_onnx.runtime.operators import ALLOWED
+
+    assert {n.op_type for n in load(exported_model).graph.node} <= ALLOWED
+    Predictor(exported_model).ready()
+
+
+def test_float_division_is_allowed(exported_model, images, tmp_path):
+    model = load(exported_model)
+    model.graph.initializer.append(helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]))
+    add_to_logits(model, [helper.make_node("Div", ["logits_pre", "two"], ["c"])], "c")
+    path = save(model, tmp_path)
+    proc = capped_cli("-m", path, images[0])
+    assert proc.returncode == 0, proc.stderr
