@@ -16,12 +16,12 @@ from alexnet_onnx.runtime.atomic import atomic_write
 from alexnet_onnx.runtime.contract import CONTRACT_VERSION, Contract, package_version
 from alexnet_onnx.runtime.errors import DataError, ImageError, ModelError, UsageError
 from alexnet_onnx.runtime.evaluate import labeled_images
+from alexnet_onnx.runtime.files import sha256_file
 from alexnet_onnx.runtime.image import load_image
 from alexnet_onnx.runtime.inputs import walk_images
 from alexnet_onnx.runtime.preprocess import preprocess
 from alexnet_onnx.runtime.session import create_session
 
-from alexnet_onnx.train.checkpoint import sha256_file
 from alexnet_onnx.train.config import TrainConfig
 from alexnet_onnx.train.data import Splits, load_splits
 

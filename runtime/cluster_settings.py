@@ -3,15 +3,13 @@ continues OUT only with the same ones (runtime.cluster_store)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import DataError, first_line
-
-HASH_CHUNK = 1 << 20
+from .files import sha256_file
 
 
 @dataclass(frozen=True)
@@ -25,11 +23,7 @@ class RunSettings:
 
     @classmethod
     def of(cls, model: Path, *, top_k: int, decode: str) -> "RunSettings":
-        digest = hashlib.sha256()
-        with open(model, "rb") as f:
-            while chunk := f.read(HASH_CHUNK):
-                digest.update(chunk)
-        return cls(digest.hexdigest(), top_k, decode, Path(model).name)
+        return cls(sha256_file(model), top_k, decode, Path(model).name)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -8,6 +8,7 @@ reads it. Callers turn the exceptions into their own one-line errors.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 
@@ -34,3 +35,20 @@ def open_regular(path: str | os.PathLike) -> int:
     if stat.S_ISDIR(mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
     raise NotRegularFile(errno.EINVAL, "not a regular file (a pipe, socket or device)", os.fspath(path))
+
+
+HASH_CHUNK = 1 << 20
+
+
+def sha256_fd(fd: int) -> str:
+    """The sha256 of the whole file behind `fd` (positional reads: the descriptor's offset is left alone)."""
+    digest, offset = hashlib.sha256(), 0
+    while chunk := os.pread(fd, HASH_CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    with open(path, "rb") as f:
+        return sha256_fd(f.fileno())

@@ -10,7 +10,6 @@ A defective file is refused, logged and counted; the old model keeps serving.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import ModelError
+from .files import sha256_fd
 from .predictor import Predictor
 from .serve_metrics import Metrics
 from .terminal import printable
@@ -29,7 +29,6 @@ log = logging.getLogger("alexnet_onnx.serve")
 # How often the watcher looks at MODEL; a changed file must look the same twice in a row before
 # it is loaded, so a copy still being written is not read half-way.
 WATCH_INTERVAL_S = 0.5
-_HASH_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ def load(path: Path, *, decode: str, generation: int, meanwhile: Callable[[], No
         # One-thread session: the batcher runs as many model calls side by side as there are cores.
         predictor = Predictor(path, threads=1, decode=decode, background=True)
         meanwhile()
-        digest = _sha256(fd) if fd >= 0 else ""
+        digest = sha256_fd(fd) if fd >= 0 else ""
     finally:
         if fd >= 0:
             os.close(fd)
@@ -99,15 +98,6 @@ def load(path: Path, *, decode: str, generation: int, meanwhile: Callable[[], No
     if before is None or after is None or after[:2] != (before.st_dev, before.st_ino):
         raise ModelError(f"{path}: the file was replaced while it was loaded; it is loaded again once it settles")
     return Loaded(predictor, digest, generation, time.time())
-
-
-def _sha256(fd: int) -> str:
-    h = hashlib.sha256()
-    offset = 0
-    while chunk := os.pread(fd, _HASH_CHUNK, offset):
-        h.update(chunk)
-        offset += len(chunk)
-    return h.hexdigest()
 
 
 class ModelSlot:

@@ -6,7 +6,6 @@ Keys: `model`, `optimizer`, `scheduler`, `epoch` (epochs completed), `config` (p
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 from pathlib import Path
@@ -75,14 +74,6 @@ def contract_of(ckpt: dict[str, Any], path: Path) -> Contract:
         return Contract.from_metadata(ckpt["contract"])
     except (ContractError, TypeError) as exc:
         raise ModelError(f"{path}: invalid contract in checkpoint ({exc})") from None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def non_finite(model: torch.nn.Module) -> list[str]:
