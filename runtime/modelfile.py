@@ -23,8 +23,11 @@ it, as export-onnx does, is safe) — which is why long-lived Predictors load th
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +43,8 @@ _MIN_REFERENCED_BYTES = 4096
 # would cost more than it saves: such models load the ordinary way.
 MAX_REFERENCING_COPY = 64 << 20
 _FD_DIR = "/proc/self/fd"
+_COPY_CHUNK = 64 << 20  # bytes per sendfile call
+_SHM = "/dev/shm"  # memory-backed: the private copy costs no disk write
 
 
 @dataclass
@@ -55,6 +60,7 @@ class ModelFile:
     source: str | bytes
     weights_folder: str | None = None
     identity: tuple[int, ...] = field(default=())
+    private_folder: str | None = None  # holds the private copy a load by reference maps
 
     def changed(self) -> bool:
         """True when the file was rewritten in place, or the path now names another file, since
@@ -63,12 +69,15 @@ class ModelFile:
             renamed = os.stat(self.path).st_ino != self.identity[1]
         except OSError:
             renamed = True
-        return renamed or _identity(os.fstat(self.fd)) != self.identity
+        return renamed or not hasattr(os, "memfd_create") and _identity(os.fstat(self.fd)) != self.identity
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self.private_folder:  # onnxruntime mapped the weights it needs when the session was built
+            shutil.rmtree(self.private_folder, ignore_errors=True)
+            self.private_folder = None
 
     def __enter__(self) -> "ModelFile":
         return self
@@ -81,10 +90,61 @@ def open_model(path: Path, *, reference_weights: bool = False) -> ModelFile:
     """Open and check `path` (ModelError, one line, when it cannot be a usable single-file
     model) and say how onnxruntime should load it."""
     fd = _open_file(path)
+    folder = None
     try:
-        return _check(path, fd, reference_weights)
+        info = os.fstat(fd)
+        if reference_weights and hasattr(os, "memfd_create"):
+            folder = tempfile.mkdtemp(prefix="alexnet-onnx-", dir=_SHM if os.access(_SHM, os.W_OK) else None)
+            copy = os.open(os.path.join(folder, "model.onnx"), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        else:
+            copy = os.memfd_create("model.onnx", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING) if hasattr(os, "memfd_create") \
+                else os.dup(fd)
+        _private_copy(fd, copy, info.st_size, path, sealed=folder is None)
     except BaseException:
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
         os.close(fd)
+    try:
+        model = _check(path, copy, info, reference_weights)
+    except BaseException:
+        os.close(copy)
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    model.private_folder = folder
+    return model
+
+
+def _private_copy(fd: int, copy: int, size: int, path: Path, *, sealed: bool) -> None:
+    """Copy the file into `copy`, which the walk and onnxruntime then read: truncating or
+    rewriting the file meanwhile cannot reach them (a mapped file that shrinks kills its reader
+    with SIGBUS). `sealed`: `copy` is a memfd, sealed against any change. Without memfd (not
+    Linux), `copy` is the file itself."""
+    if not hasattr(os, "memfd_create"):
+        return
+    try:
+        done = 0
+        while done < size:
+            sent = os.sendfile(copy, fd, done, min(size - done, _COPY_CHUNK))
+            if sent == 0:
+                break
+            done += sent
+        if done != size:  # a sysfs attribute, say: its size is not what it reads as
+            raise ModelError(f"{path}: is not a regular model file (read {done:,} of its {size:,} bytes); "
+                             "pass an .onnx file")
+        if os.pread(fd, 1, size):
+            raise ModelError(f"{path}: grew while it was read; run again once it is written")
+        if sealed:
+            fcntl.fcntl(copy, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+                        | fcntl.F_SEAL_SEAL)
+    except OSError as exc:
+        os.close(copy)
+        raise ModelError(f"{path}: cannot be read as a model file ({exc.strerror or exc}); "
+                         "pass a regular .onnx file") from None
+    except BaseException:
+        os.close(copy)
         raise
 
 
@@ -104,8 +164,7 @@ def _open_file(path: Path) -> int:
         raise ModelError(f"{path}: cannot open ({exc.strerror or exc})") from None
 
 
-def _check(path: Path, fd: int, reference_weights: bool) -> ModelFile:
-    info = os.fstat(fd)
+def _check(path: Path, fd: int, info: os.stat_result, reference_weights: bool) -> ModelFile:
     if info.st_size == 0:
         raise ModelError(f"{path}: is empty, not an ONNX model")
     with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as buf:

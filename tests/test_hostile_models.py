@@ -653,3 +653,35 @@ def test_float_division_is_allowed(exported_model, images, tmp_path):
     path = save(model, tmp_path)
     proc = capped_cli("-m", path, images[0])
     assert proc.returncode == 0, proc.stderr
+
+
+# -- the file changing under a run, files that only look regular -----------------------------------
+
+
+def test_truncating_the_model_during_a_run_cannot_kill_it(exported_model, images, tmp_path):
+    """Both load paths read a private copy: once the model is checked, truncating the file
+    (which kills a process still mapping it with SIGBUS) changes nothing for the run."""
+    path = tmp_path / "m.onnx"
+    shutil.copy(exported_model, path)
+    script = ("import os, sys\nfrom alexnet_onnx.runtime import Predictor\n"
+              "for few in (True, False):\n"
+              "    p = Predictor(sys.argv[1], few_images=few)\n"
+              "    os.truncate(sys.argv[1], 100)\n"
+              "    print(p.predict([sys.argv[2]])[0].label)\n"
+              "    open(sys.argv[1], 'wb').write(open(sys.argv[3], 'rb').read())\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(path), str(images[0]), str(exported_model)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.split()) == 2
+    assert not list(Path("/dev/shm").glob("alexnet-onnx-*")) if Path("/dev/shm").is_dir() else True
+
+
+def test_a_sysfs_attribute_as_model_is_exit_3_with_its_path(images, tmp_path):
+    attribute = next((p for p in Path("/sys/kernel").glob("*") if p.is_file() and os.access(p, os.R_OK)), None)
+    if attribute is None:
+        pytest.skip("no readable sysfs attribute on this machine")
+    link = tmp_path / "model.onnx"
+    link.symlink_to(attribute)
+    proc = cli("-m", link, images[0])
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.count("\n") == 1 and str(link) in proc.stderr and "not a regular model file" in proc.stderr
