@@ -35,7 +35,9 @@ GATE_METRIC = "gate"
 TEMPERATURE_RANGE = (1e-3, 1e3)
 # Bounds a usable contract stays within: sizes an image can have; mean and std on the 0..1
 # pixel scale, so that every normalized value is finite in float32.
-MAX_SIDE = 65_536
+# Resize and crop sides: AlexNet uses 256/224; 4096 leaves room for any classifier, while a
+# (3, 4096, 4096) float image is 192 MiB and a larger side would let a contract alone ask for gigabytes.
+MAX_SIDE = 4096
 MAX_MEAN = 1e4
 STD_RANGE = (1e-4, 1e4)
 

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 MAX_FIELDS = 1_000_000  # AlexNet has ~300; any real vision model far fewer than this
 MAX_DEPTH = 64  # message nesting (a subgraph costs 3 levels: attribute, graph, node)
 MAX_METADATA_BYTES = 16 << 20  # labels for a million classes fit
+# Any one name, doc_string or other field of a model, graph, node, attribute or function that is
+# not a tensor: onnxruntime keeps copies of each (a 1 GiB doc_string cost 3 GiB).
+MAX_STRING_BYTES = 1 << 20
 
 # Message kinds, and the fields of each that lead (length-delimited) to a kind that can hold a
 # TensorProto. From onnx.proto (IR version 11).
@@ -39,6 +42,7 @@ _CHILDREN = {
 # so one larger than MAX_UNKNOWN_BYTES can only be padding meant to cost memory: refused.
 _KNOWN = {MODEL: {1, 2, 3, 4, 5, 6, 7, 8, 14, 20, 25, 26}, GRAPH: {1, 2, 5, 10, 11, 12, 13, 14, 15, 16}}
 MAX_UNKNOWN_BYTES = 16 << 20
+_NUMBER_LISTS = {ATTRIBUTE: {7, 8}}  # attribute floats and ints: packed numbers, costing what tensors do
 _MODEL_GRAPH, _MODEL_METADATA = 7, 14
 _GRAPH_INITIALIZER = 5
 _TENSOR_NAME, _TENSOR_RAW_DATA, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 9, 13, 14
@@ -174,6 +178,10 @@ class Walker:
             raise Malformed(f"unknown {_NAMES[kind]} field {number} holds {(value[1] - value[0]) >> 20} MiB")
         target = _CHILDREN[kind].get(number)
         if target is None:
+            if (wire == 2 and kind != TENSOR and value[1] - value[0] > MAX_STRING_BYTES
+                    and (kind not in _KNOWN or number in _KNOWN[kind]) and number not in _NUMBER_LISTS.get(kind, ())):
+                raise Malformed(f"{_NAMES[kind]} field {number} holds {(value[1] - value[0]) >> 10:,} KiB; "
+                                f"names and texts are limited to {MAX_STRING_BYTES >> 20} MiB")
             return
         self.need_message(wire, kind, number)
         if depth > MAX_DEPTH:

@@ -16,6 +16,9 @@ import numpy as np
 INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 OUTPUT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
 CHANNELS = 3
+# A fixed batch is fed whole, however few images there are: bound it, and the bytes it costs.
+MAX_FIXED_BATCH = 1024
+MAX_BATCH_BYTES = 1 << 30
 
 
 class Port(Protocol):
@@ -62,8 +65,12 @@ def check_signature(inputs: Sequence[Port], outputs: Sequence[Port], *, crop: in
     if len(oshape) != 2 or (declared and oshape[1] != num_classes):
         raise SignatureError(f"output shape {oshape} does not match the contract's {num_classes} labels")
     batch = shape[0] if isinstance(shape[0], int) else None
-    if batch is not None and batch < 1:
-        raise SignatureError(f"input batch dimension is {batch}")
+    if batch is not None and not 1 <= batch <= MAX_FIXED_BATCH:
+        raise SignatureError(f"input batch dimension is {batch}; a fixed batch must be 1 to {MAX_FIXED_BATCH}")
+    image_bytes = CHANNELS * crop * crop * np.dtype(INPUT_TYPES[spec.type]).itemsize
+    if batch is not None and batch * image_bytes > MAX_BATCH_BYTES:
+        raise SignatureError(f"a fixed batch of {batch} images of {crop}x{crop} takes {batch * image_bytes >> 20} MiB; "
+                             f"at most {MAX_BATCH_BYTES >> 20} MiB is fed at once")
     if batch is not None and isinstance(oshape[0], int) and oshape[0] != batch:
         raise SignatureError(f"output batch dimension {oshape[0]} differs from the input's {batch}")
     return Signature(spec.name, out.name, INPUT_TYPES[spec.type], batch, declared)

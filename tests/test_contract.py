@@ -68,8 +68,8 @@ def test_unknown_version_is_refused_clearly():
         ("preprocess", json.dumps({"resize": 224, "crop": 256, "mean": [0, 0, 0], "std": [1, 1, 1]}), "must not exceed"),
         ("preprocess", json.dumps({"resize": 8, "crop": 8, "mean": [0, 0, 0], "std": [1, 0, 1]}), r"std must lie in"),
         # Values that once passed validation but could not work (every image failed, or gave nan).
-        ("preprocess", '{"resize": 1' + "0" * 400 + ', "crop": 8, "mean": [0, 0, 0], "std": [1, 1, 1]}', "1 to 65536"),
-        ("preprocess", json.dumps({"resize": 70000, "crop": 8, "mean": [0, 0, 0], "std": [1, 1, 1]}), "1 to 65536"),
+        ("preprocess", '{"resize": 1' + "0" * 400 + ', "crop": 8, "mean": [0, 0, 0], "std": [1, 1, 1]}', "1 to 4096"),
+        ("preprocess", json.dumps({"resize": 70000, "crop": 8, "mean": [0, 0, 0], "std": [1, 1, 1]}), "1 to 4096"),
         ("preprocess", json.dumps({"resize": 8, "crop": 8, "mean": [0, 0, 0], "std": [1, 1e-50, 1]}), r"std must lie in"),
         ("preprocess", json.dumps({"resize": 8, "crop": 8, "mean": [1e300, 0, 0], "std": [1, 1, 1]}), "mean must lie"),
         ("preprocess", '{"resize": 8, "crop": 8, "mean": [1' + "0" * 400 + ', 0, 0], "std": [1, 1, 1]}', "finite numbers"),

@@ -394,7 +394,9 @@ def _unknown_class_count(model):
 DEFECTS = {
     "labels-nested-deep": (lambda m: set_meta(m, "labels", "[" * 100_000 + "]" * 100_000), "not valid JSON"),
     "resize-10**400": (lambda m: set_meta(m, "preprocess", json.dumps(
-        {**_pre(m), "resize": 10**400})), "1 to 65536"),
+        {**_pre(m), "resize": 10**400})), "1 to 4096"),
+    "crop-12000": (lambda m: set_meta(m, "preprocess", json.dumps({**_pre(m), "resize": 12000, "crop": 12000})),
+                   "1 to 4096"),
     "std-0-in-float32": (lambda m: set_meta(m, "preprocess", json.dumps({**_pre(m), "std": [1e-50, 1, 1]})), "std"),
     "mean-1e300": (lambda m: set_meta(m, "preprocess", json.dumps({**_pre(m), "mean": [1e300, 0, 0]})), "mean"),
     "input-double": (_cast_input(TensorProto.DOUBLE), r"tensor\(double\)"),
@@ -685,3 +687,45 @@ def test_a_sysfs_attribute_as_model_is_exit_3_with_its_path(images, tmp_path):
     proc = cli("-m", link, images[0])
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr.count("\n") == 1 and str(link) in proc.stderr and "not a regular model file" in proc.stderr
+
+
+# -- memory: bounds a real classifier fits in, and a cap on what a run allocates --------------------
+
+
+def test_huge_strings_are_refused_by_the_walk(exported_model, tmp_path):
+    model = load(exported_model)
+    model.graph.node[0].doc_string = "x" * (2 << 20)
+    path = save(model, tmp_path)
+    with pytest.raises(ModelError, match="node field 6 holds 2,048 KiB; names and texts are limited to 1 MiB"):
+        open_model(path).close()
+
+
+def test_a_fixed_batch_beyond_the_bound_is_exit_3(exported_model, images, tmp_path):
+    model = load(exported_model)
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 200_000
+    path = save(model, tmp_path)
+    proc = capped_cli("-m", path, images[0])
+    assert proc.returncode == 3 and "a fixed batch must be 1 to 1024" in proc.stderr, proc.stderr
+
+
+def test_a_run_that_would_allocate_gigabytes_fails_with_one_line(exported_model, images, tmp_path):
+    """Allowed operators only: the logits reshaped to (n, 1) and (1, n) and added, a 40 GB outer
+    product. onnxruntime's capped arena refuses the allocation; the process never grows."""
+    model = load(exported_model)
+    n = 100_000
+    model.graph.initializer.extend([
+        helper.make_tensor("big", TensorProto.FLOAT, [n], np.zeros(n, np.float32)),
+        _int_tensor("col", [n, 1]), _int_tensor("row", [1, n]), _int_tensor("three", [3]),
+        _int_tensor("zero", [0]), _int_tensor("one", [1])])
+    add_to_logits(model, [helper.make_node("Reshape", ["big", "col"], ["a"]),
+                          helper.make_node("Reshape", ["big", "row"], ["b"]),
+                          helper.make_node("Add", ["a", "b"], ["outer"]),
+                          helper.make_node("Slice", ["outer", "zero", "one"], ["first"]),
+                          helper.make_node("Slice", ["first", "zero", "three", "one"], ["c3"]),
+                          helper.make_node("Reshape", ["c3", "three"], ["c"])], "c")
+    path = save(model, tmp_path)
+    for inputs in ([images[0]], [images[0].parent]):
+        proc = capped_cli("-m", path, *inputs)
+        assert proc.returncode == 3, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "failed to run" in proc.stderr, proc.stderr
