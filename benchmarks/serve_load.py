@@ -88,9 +88,22 @@ class Load:
         return self.images[self.next % len(self.images)]
 
     async def one(self, conn: Conn | None, sent: float) -> Conn | None:
+        body = self.body()
+        reused = conn is not None and conn.writer is not None
         try:
-            conn = conn if conn is not None and conn.writer is not None else await Conn.open(self.port)
-            status, _ = await asyncio.wait_for(conn.post(self.path, self.body()), REQUEST_TIMEOUT_S)
+            if not reused:
+                conn = await Conn.open(self.port)
+            try:
+                status, _ = await asyncio.wait_for(conn.post(self.path, body), REQUEST_TIMEOUT_S)
+            except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                # A pooled connection the server closed while it sat idle (keep-alive timeout):
+                # nothing came back, so the request never reached it. HTTP clients (urllib3,
+                # aiohttp) send such a request again once on a fresh connection; so does this one.
+                if not reused or getattr(exc, "partial", b""):
+                    raise
+                conn.close()
+                conn = await Conn.open(self.port)
+                status, _ = await asyncio.wait_for(conn.post(self.path, body), REQUEST_TIMEOUT_S)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
             status, conn = 0, None  # no answer
         now = time.perf_counter()
