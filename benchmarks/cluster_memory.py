@@ -74,19 +74,20 @@ def resume(out: Path, rows: int, sources: int) -> None:
     named = [Source(path_of(rows - sources // 2 + i), path_of(rows - sources // 2 + i)) for i in range(sources)]
     report = {"imports": peak_mib()}
     start = time.perf_counter()
+    seconds = {}
     store = RowStore(out)
     store.open(SETTINGS, overwrite=False)
     done = store.done(s.path for s in named)
     todo = [s.path for s in named if s.path not in done]
-    report["done check"] = peak_mib()
+    report["done check"], seconds["done check"] = peak_mib(), time.perf_counter() - start
     store.write_part([json.dumps({"path": p, "label": "cat", "score": 0.5, "top_k": [{"label": "cat", "score": 0.5}]})
                       for p in todo])
     store.finish()
-    report["merge"] = peak_mib()
+    report["merge"], seconds["merge"] = peak_mib(), time.perf_counter() - start - sum(seconds.values())
     failed = sum("error" in row for row in store.rows({s.path for s in named}))
-    report["error scan"] = peak_mib()
+    report["error scan"], seconds["error scan"] = peak_mib(), time.perf_counter() - start - sum(seconds.values())
     report["seconds"] = time.perf_counter() - start
-    report["todo"], report["failed"] = len(todo), failed
+    report["todo"], report["failed"], report["step seconds"] = len(todo), failed, seconds
     print(json.dumps(report))
 
 
@@ -115,7 +116,8 @@ def main() -> None:
         report = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"this run: {args.sources:,} paths, {report['todo']:,} not yet in OUT; {report['seconds']:.0f} s")
     for step in ("imports", "done check", "merge", "error scan"):
-        print(f"  peak RSS after {step:<10} {report[step]:8.0f} MiB")
+        took = report["step seconds"].get(step)
+        print(f"  peak RSS after {step:<10} {report[step]:8.0f} MiB" + (f"  ({took:.1f} s)" if took is not None else ""))
 
 
 if __name__ == "__main__":
