@@ -2,6 +2,7 @@
 test in make test, tests/test_hostile_models.py, with many more cases):
 
     python benchmarks/fuzz_modelfile.py --model model.onnx --image cat.jpg [--cases 3000] [--cli-every 20]
+        [--attack-seconds 600] [--classes op-swap,int-div,...]
 
 Each case is a structured mutation of a real exported model (truncation, field 0, runs of zeros,
 huge lengths, deep nesting, duplicated graph or metadata, huge unknown fields, byte flips,
@@ -9,6 +10,14 @@ splices). In process, the checks that run before onnxruntime must accept it or r
 one-line ModelError within a memory bound; every `--cli-every`-th case, and a few fixed large
 attacks, also run through `onnx-predict` in a fresh process, which must exit 0, 1 or 3 within
 --max-seconds and --max-mib (peak RSS). Prints the worst time and memory per mutation kind.
+
+Then, for --attack-seconds in all, the hostile-model classes of benchmarks/model_attacks.py
+(operator swaps and insertions, model-local functions, integer division, outer products from
+allowed operators, huge strings, contract sizes) and `truncate-live` (the model truncated while
+onnx-predict runs on a copy of it), round-robin, each case built at random attacker sizes and run
+through `onnx-predict` in a fresh process under an address-space cap (--cap-gib) and a timeout.
+Outcomes: refused (exit 3, one line), ran (exit 0/1 with rows), crash (a signal), hang (the
+timeout), other. Any crash, hang or other is a finding, saved under --findings with its recipe.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from fuzzing import MUTATIONS, check_model_file, mutate, proto  # noqa: E402
 from procstats import run_measured  # noqa: E402
+from hostile_runs import attack_rounds  # noqa: E402
 
 
 def main() -> None:
@@ -38,6 +48,11 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=5.0)
     ap.add_argument("--max-mib", type=float, default=500.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--attack-seconds", type=float, default=600.0, help="time for the hostile-model classes")
+    ap.add_argument("--classes", default="", help="comma-separated classes to run (default: all)")
+    ap.add_argument("--cap-gib", type=float, default=3.0, help="address-space cap of each onnx-predict run")
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds before a run counts as a hang")
+    ap.add_argument("--findings", type=Path, default=ROOT / "artifacts" / "fuzz-findings")
     args = ap.parse_args()
     model = args.model.read_bytes()
     work = Path(tempfile.mkdtemp(prefix="fuzz-modelfile-"))
@@ -90,8 +105,10 @@ def main() -> None:
         w, c = walk.get(kind, [0, 0.0, 0]), cli.get(kind, [0, 0.0, 0.0, set()])
         print(f"{kind:<22}{w[0]:>7}{w[1] * 1000:>15.1f}{w[2] / 1024:>15.0f}{c[0]:>10}{c[1]:>13.2f}{c[2]:>14.0f}  "
               f"{','.join(map(str, sorted(c[3])))}")
+    findings = attack_rounds(args, work) if args.attack_seconds > 0 else 0
     if failures:
         print("FAILED:\n  " + "\n  ".join(failures))
+    if failures or findings:
         sys.exit(1)
     print(f"ok: {args.cases} mutated models, {sum(c[0] for c in cli.values())} onnx-predict runs")
 
