@@ -73,7 +73,7 @@ bench-camera: install
 # Hostile model files (mutations of MODEL) and the deepest images the policy allows.
 bench-hostile: install
 	$(BIN)/python benchmarks/fuzz_modelfile.py --model $(MODEL) \
-		--image "$$(find $(CAMERA)/2mp -name '*.jpg' | sort | head -1)" --cases 2000 --cli-every 10
+		--image "$$(find $(CAMERA)/2mp -name '*.jpg' | sort | head -1)" --cases 2000 --cli-every 10 --attack-seconds 600
 	$(BIN)/python benchmarks/deep_images.py --model $(MODEL)
 
 # onnx-predict --ray local vs plain onnx-predict on the same photos; the driver's own rates.
