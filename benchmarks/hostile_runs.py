@@ -77,7 +77,7 @@ def run_capped(cmd: list[str], cap_bytes: int, timeout: float, during=None) -> O
         kind = "crash"
     elif code == 3 and lines == 1 and sizes[1] <= MAX_ERROR_LINE:
         kind = "refused"
-    elif code in (0, 1) and sizes[0]:
+    elif code in (0, 1) and (sizes[0] or lines):  # rows, or error rows (a non-finite output is exit 1)
         kind = "ran"
     else:
         kind = "other"
