@@ -100,6 +100,9 @@ def open_model(path: Path, *, reference_weights: bool = False) -> ModelFile:
             copy = os.memfd_create("model.onnx", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING) if hasattr(os, "memfd_create") \
                 else os.dup(fd)
         _private_copy(fd, copy, info.st_size, path, sealed=folder is None)
+        if hasattr(os, "memfd_create") and _identity(os.fstat(fd)) != _identity(info):
+            os.close(copy)  # rewritten while copied: the copy may mix old and new bytes
+            raise ModelError(f"{path}: the file changed while it was loaded; run again once it is written")
     except BaseException:
         if folder:
             shutil.rmtree(folder, ignore_errors=True)

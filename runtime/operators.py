@@ -175,8 +175,9 @@ def _elem_type(walker: Walker, span) -> int | None:
 
 def _propagate_floats(nodes: list[_Node], floats: set[bytes]) -> None:
     """Add to `floats` every node output known to be float: a float Constant, a Cast (to a float
-    type, as checked), a DequantizeLinear, and any other operator's when its first input is
-    (every allowed operator's output has its first input's type, or is never float)."""
+    type, as checked), a DequantizeLinear, and any other operator's first output when its first
+    input is (an allowed operator's first output has its first input's type, or is never float;
+    later outputs may be integers, except Split's)."""
     for _ in range(_PASSES):
         before = len(floats)
         for node in nodes:
@@ -188,8 +189,8 @@ def _propagate_floats(nodes: list[_Node], floats: set[bytes]) -> None:
                 known = True
             else:
                 known = bool(node.inputs) and node.inputs[0] in floats
-            if known:
-                floats.update(node.outputs)
+            if known:  # only the first output: MaxPool's second is int64 indices, Dropout's a bool mask
+                floats.update(node.outputs if node.op == "Split" else node.outputs[:1])
         if len(floats) == before:
             return
 

@@ -557,6 +557,16 @@ def _attack(kind: str, model) -> None:
                  helper.make_node("Reshape", ["zero3", "shape3"], ["c"])]
         g.initializer.append(helper.make_tensor("zero3", TensorProto.FLOAT, [3], [0, 0, 0]))
         add_to_logits(model, nodes, "c")
+    elif kind == "div-of-maxpool-indices":  # MaxPool's second output is int64, though MaxPool is float
+        g.initializer.extend([_int_tensor("big", [INT64_MIN]), _int_tensor("minus1", [-1]), _int_tensor("shape3", [3]),
+                              helper.make_tensor("zero3", TensorProto.FLOAT, [3], [0, 0, 0])])
+        nodes = [helper.make_node("MaxPool", ["input"], ["pooled", "idx"], kernel_shape=[2, 2], strides=[2, 2]),
+                 helper.make_node("Sub", ["idx", "idx"], ["zero_i"]),
+                 helper.make_node("Add", ["zero_i", "big"], ["a"]),
+                 helper.make_node("Add", ["zero_i", "minus1"], ["b"]),
+                 helper.make_node("Div", ["a", "b"], ["q"]),
+                 helper.make_node("Reshape", ["zero3", "shape3"], ["c"])]
+        add_to_logits(model, nodes, "c")
     elif kind in ("loop-pile-up", "loop-10^12-trips"):
         trips = 2**31 if kind == "loop-pile-up" else 10**12
         g.initializer.extend([_int_tensor("trips", [trips]), true_const("cond")])
@@ -618,7 +628,8 @@ def _attack(kind: str, model) -> None:
 
 ATTACKS = {
     "int64-min-div-minus-1": "operator 'Expand'|casts to|divides", "div-by-shape": "operator 'Shape'",
-    "integer-div-only": "divides tensors that are not known to be float", "loop-pile-up": "operator 'Loop'",
+    "integer-div-only": "divides tensors that are not known to be float",
+    "div-of-maxpool-indices": "divides tensors that are not known to be float", "loop-pile-up": "operator 'Loop'",
     "loop-10^12-trips": "operator 'Loop'", "scan-2e8-rows": "operator 'ConstantOfShape'",
     "functions-calling-twice": "defines its own functions", "einsum-ellipsis": "operator 'Einsum'",
     "ConstantOfShape": "operator 'ConstantOfShape'", "Expand": "operator 'Expand'", "Tile": "operator 'Tile'",

@@ -233,8 +233,9 @@ def test_predictor_api(exported_model, photos):
 
 
 def test_weights_are_read_from_the_model_file_itself(exported_model, tmp_path, monkeypatch):
-    """onnxruntime gets a small proto whose weights reference the open .onnx file (no second
-    copy); the logits equal an ordinary load's, through a symlink, in a non-ASCII folder, from any cwd."""
+    """onnxruntime gets a small proto whose weights reference a private copy of the .onnx file
+    (so the file can be truncated meanwhile without a SIGBUS); the logits equal an ordinary load's,
+    through a symlink, in a non-ASCII folder, from any cwd."""
     import onnxruntime as ort
 
     from alexnet_onnx.runtime.modelfile import open_model
@@ -247,7 +248,11 @@ def test_weights_are_read_from_the_model_file_itself(exported_model, tmp_path, m
     link = tmp_path / "links" / "link.onnx"
     link.symlink_to(target)
     with open_model(link, reference_weights=True) as model:
-        assert len(model.source) < target.stat().st_size / 10 and model.weights_folder == os.path.realpath(folder)
+        # the weights are referenced in a private copy (memory-backed), never in the file itself
+        private = model.weights_folder
+        assert len(model.source) < target.stat().st_size / 10 and private != os.path.realpath(folder)
+        assert sorted(os.listdir(private)) == ["model.onnx"] and os.stat(private).st_mode & 0o077 == 0
+    assert not os.path.exists(private)  # removed once closed (the session has mapped what it needs)
     with open_model(link) as model:  # the ordinary load: the checked descriptor itself, a private copy
         assert model.source == f"/proc/self/fd/{model.fd}" and model.weights_folder is None
 
@@ -308,10 +313,35 @@ def test_model_changed_while_loading_is_never_misread(exported_model, tmp_path, 
     for few_images in (True, False):
         shutil.copy(exported_model, path)
         onnx.save(other, str(replacement))
-        with pytest.raises(ModelError, match="changed while it was loaded"):
-            Predictor(path, few_images=few_images)
-    monkeypatch.undo()
+        if how == "rename":
+            with pytest.raises(ModelError, match="changed while it was loaded"):
+                Predictor(path, few_images=few_images)
+        else:  # rewritten after the check: the session loads the private copy that was checked
+            assert Predictor(path, few_images=few_images).labels == ("cat", "dog", "owl")
+    monkeypatch.setattr(predictor, "open_model", modelfile.open_model)
     assert Predictor(path, few_images=True).labels == ("x", "y", "z")  # the new file itself is fine
+
+
+def test_model_rewritten_while_copied_is_refused(exported_model, tmp_path, monkeypatch):
+    """Rewritten in place while its private copy is taken, the copy could mix old and new bytes:
+    refused with one line, on both load paths."""
+    from alexnet_onnx.runtime.modelfile import open_model
+
+    path = tmp_path / "m.onnx"
+    real_sendfile = os.sendfile
+
+    def sendfile_then_rewrite(out_fd, in_fd, offset, count):
+        sent = real_sendfile(out_fd, in_fd, offset, count)
+        if offset == 0:
+            with open(path, "r+b") as f:
+                f.write(b"\x00" * 64)
+        return sent
+
+    monkeypatch.setattr(os, "sendfile", sendfile_then_rewrite)
+    for reference_weights in (True, False):
+        shutil.copy(exported_model, path)
+        with pytest.raises(ModelError, match="changed while it was loaded"):
+            open_model(path, reference_weights=reference_weights)
 
 
 def test_long_lived_predictor_keeps_its_own_copy_of_the_weights(exported_model, tmp_path):
