@@ -50,9 +50,29 @@ def deep_tree(root: Path) -> Path:
     return root / Path(*["d"] * DEPTH) / "deep.png"
 
 
-def test_a_folder_nested_past_the_recursion_limit_is_walked(exported_model, tmp_path):
+def remove_deep_tree(root: Path) -> None:
+    """Remove what deep_tree made, bottom up without recursion: shutil.rmtree (and so pytest's own
+    clean-up of old temporary folders) recurses once per level and fails past the limit."""
+    here = os.open(root, os.O_RDONLY)
+    depth = 0
+    while "d" in os.listdir(here):
+        below = os.open("d", os.O_RDONLY, dir_fd=here)
+        os.close(here)
+        here, depth = below, depth + 1
+    os.close(here)
+    for level in range(depth, -1, -1):
+        folder = root / Path(*["d"] * level) if level else root
+        for name in os.listdir(folder):
+            if name != "d":
+                os.unlink(folder / name)
+        if level:
+            os.rmdir(folder)
+
+
+def test_a_folder_nested_past_the_recursion_limit_is_walked(exported_model, tmp_path, request):
     root = tmp_path / "deep"
     deep = deep_tree(root)
+    request.addfinalizer(lambda: remove_deep_tree(root))
     assert list(walk_images(root)) == [deep, root / "top.png"]
     assert expand_glob(f"{root}/**/*.png") == sorted([str(deep), str(root / "top.png")])
     proc = cli("-m", exported_model, "--format", "json", root)
