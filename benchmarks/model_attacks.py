@@ -14,6 +14,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from alexnet_onnx.runtime.operators import ALLOWED
+from fuzzing import varint  # tests/fuzzing.py: fuzz_modelfile puts tests/ on the path
 
 INT64_MIN, INT32_MIN = -(2**63), -(2**31)
 MIB = 1 << 20
@@ -286,15 +287,6 @@ def outer_product(base, rng, path: Path) -> str:
 def field(number: int, length: int) -> bytes:
     """The key and length of a length-delimited protobuf field whose payload follows."""
     return varint(number << 3 | 2) + varint(length)
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 # Where a string lives, as the path of (field number) from ModelProto down to the string itself.
