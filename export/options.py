@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
-from alexnet_onnx.runtime.contract import SCORES, TEMPERATURE_RANGE
+from alexnet_onnx.runtime.contract import DEFAULT_SCORE, SCORES, TEMPERATURE_RANGE
 from alexnet_onnx.runtime.errors import UsageError
 
 # none: fp32 at -o; int8 or fp16: that variant at -o; all: fp32 at -o and the others beside it.
@@ -29,7 +29,7 @@ class ExportOptions:
     max_drop: float = 1.0  # largest top-1 drop (percentage points) a reduced-precision variant may show
     max_class_drop: Optional[float] = None  # largest drop of any one class's top-1 (pp); None: not gated
     temperature: str = "fit"  # fit | none | a number: the T of the stored softmax(logits / T) scores
-    accept_score: str = "max_softmax"  # the score whose threshold says "none of these"
+    accept_score: str = DEFAULT_SCORE  # the score whose threshold says "none of these"
     report_path: Optional[Path] = None  # the parity report as JSON
     force: bool = False  # replace existing output files
 

@@ -28,7 +28,7 @@ CALIBRATION_KEYS = ("temperature", "acceptance")
 # The in-distribution scores an acceptance rule may use (runtime/calibration.py computes them).
 SCORES = ("max_softmax", "energy")
 # The score export stores by default: the better of the two in docs/export.md's comparison.
-DEFAULT_SCORE = "max_softmax"
+DEFAULT_SCORE = "energy"
 # The key of `metrics` under which export records the variant's parity gate ({"passed": bool, "gate": rule, ...}).
 GATE_METRIC = "gate"
 # Temperatures a contract may hold: beyond these a model's scores are all 0/1 or all uniform.
