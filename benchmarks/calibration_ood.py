@@ -9,7 +9,9 @@ these" against images of no class of the model.
 Calibration, on the labeled images (an ImageFolder named as the model's labels, or a split of the
 checkpoint the model came from): top-1, ECE (15 bins) and NLL at T = 1 and at the contract's T,
 and at a T fitted on each half and scored on the other (2-fold), which shows what fitting on
-these images' own distribution would give. "None of these": the labeled images are the
+these images' own distribution would give; and the ECE floor, the median ECE a perfectly
+calibrated model with the stored-T confidences would show on this many images (sampling noise
+alone: on a few hundred images it is several percent). "None of these": the labeled images are the
 in-distribution side; against each --ood folder (its images, recursively, resized by the model's
 own preprocessing), uniform-noise images and constant-colour images (seeded, --synthetic of
 each), both scores (max calibrated softmax, energy = logsumexp(logits / T)) get AUROC, the
@@ -142,6 +144,7 @@ def measure(args) -> dict:
                     "ece_before": cal.ece(inside_logits, labels), "ece_after": cal.ece(inside_logits, labels, t),
                     "nll_before": cal.nll(inside_logits, labels), "nll_after": cal.nll(inside_logits, labels, t),
                     "ece_two_fold": cross_ece, "nll_two_fold": cross_nll,
+                    "ece_floor": cal.ece_floor(cal.max_softmax(inside_logits, t), seed=args.seed),
                     "accepted_by_model": float(predictor.acceptance.accepts(inside_logits).mean())},
         "ood": {},
     }
@@ -171,9 +174,9 @@ def markdown(f: dict) -> str:
     rule = "none (every image accepted)" if threshold is None else f"{f['rule']['score']} >= {threshold:.4g}"
     lines = [f"`{f['model']}` ({f['variant']}), T = {f['temperature']:.4g}, stored rule: {rule}; {f['machine']}",
              "", f"Calibration on {lab['images']} ({lab['n']} images, top-1 {lab['top1']:.4f}):", "",
-             "| ECE T=1 | ECE stored T | ECE 2-fold T | NLL T=1 | NLL stored T | NLL 2-fold T | accepted by stored rule |",
-             "|---|---|---|---|---|---|---|",
-             f"| {pct(lab['ece_before'])} | {pct(lab['ece_after'])} | {pct(lab['ece_two_fold'])} | "
+             "| ECE T=1 | ECE stored T | ECE 2-fold T | ECE floor | NLL T=1 | NLL stored T | NLL 2-fold T | accepted by stored rule |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| {pct(lab['ece_before'])} | {pct(lab['ece_after'])} | {pct(lab['ece_two_fold'])} | {pct(lab['ece_floor'])} | "
              f"{lab['nll_before']:.4f} | {lab['nll_after']:.4f} | "
              f"{'-' if lab['nll_two_fold'] is None else format(lab['nll_two_fold'], '.4f')} | {pct(lab['accepted_by_model'])} |",
              "", "None of these (in-distribution: the labeled images; false accepts at the threshold accepting 95% of them):", "",

@@ -26,12 +26,14 @@ _COLUMNS = [
     ("worst class pp", "worst_class_drop_pp", "{:+.2f}"),
     ("gate", "passed", "{}"),
 ]
-# The scores table: ECE and NLL before (T = 1) and after temperature scaling, and the acceptance rule.
+# The scores table: ECE and NLL before (T = 1) and after temperature scaling (with the ECE a perfectly
+# calibrated model would show on as many images), and the acceptance rule.
 _SCORE_COLUMNS = [
     ("variant", "variant", "{}"),
     ("T", "temperature", "{:.4g}"),
     ("ECE before", "ece_before", "{:.2%}"),
     ("ECE after", "ece_after", "{:.2%}"),
+    ("ECE floor", "ece_floor", "{:.2%}"),
     ("NLL before", "nll_before", "{:.4f}"),
     ("NLL after", "nll_after", "{:.4f}"),
     ("top-1", "top1_after", "{:.4f}"),

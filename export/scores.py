@@ -45,6 +45,7 @@ class ScoreCheck:
     n_check: int
     ece_before: Optional[float] = None
     ece_after: Optional[float] = None
+    ece_floor: Optional[float] = None  # what a perfectly calibrated model would measure on these images
     nll_before: Optional[float] = None
     nll_after: Optional[float] = None
     top1_before: Optional[float] = None
@@ -56,7 +57,7 @@ class ScoreCheck:
 
     def to_dict(self) -> dict:
         keys = ("temperature", "accept_score", "accept_threshold", "accepted_fit", "accepted_check", "n_check",
-                "ece_before", "ece_after", "nll_before", "nll_after", "top1_before", "top1_after")
+                "ece_before", "ece_after", "ece_floor", "nll_before", "nll_after", "top1_before", "top1_after")
         return {key: getattr(self, key) for key in keys}
 
 
@@ -126,6 +127,7 @@ def check_scores(session, check: LabeledImages, rule: cal.Acceptance, accepted_f
     result.top1_after = float(result.correct.mean())
     result.ece_before = cal.ece_of(result.confidence_before, before.argmax(1) == labels)
     result.ece_after = cal.ece_of(result.confidence_after, result.correct)
+    result.ece_floor = cal.ece_floor(result.confidence_after)
     result.nll_before = cal.nll(logits, labels)
     result.nll_after = cal.nll(logits, labels, rule.temperature)
     return result
@@ -137,7 +139,8 @@ def summary(name: str, check: ScoreCheck) -> str:
             f"{check.accept_score} >= {check.accept_threshold:.4g} accepts {check.accepted_fit:.1%} of val")
     line = f"{name}: scores softmax(logits / {check.temperature:.4g}), {rule}"
     if check.ece_before is not None:
-        line += (f"; on {check.n_check} check images ECE {check.ece_before:.2%} -> {check.ece_after:.2%}, "
+        line += (f"; on {check.n_check} check images ECE {check.ece_before:.2%} -> {check.ece_after:.2%} "
+                 f"(a perfectly calibrated model: {check.ece_floor:.2%}), "
                  f"NLL {check.nll_before:.4f} -> {check.nll_after:.4f}")
     return line
 

@@ -88,6 +88,20 @@ def ece_of(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) ->
     return float(sum(count / n * abs(acc - conf) for count, acc, conf in stats if count))
 
 
+def ece_floor(confidence: np.ndarray, bins: int = ECE_BINS, draws: int = 200, seed: int = 0) -> float:
+    """The median ECE a perfectly calibrated model with these top probabilities would show on
+    this many images: each draw marks every image right with probability equal to its
+    confidence. ECE is a sum of |accuracy - confidence| over bins, so sampling noise alone
+    keeps it above zero, more so on few images; a measured ECE near this floor is as good as
+    the images can show."""
+    confidence = np.asarray(confidence, np.float64)
+    if not len(confidence):
+        raise ValueError("an ECE floor needs at least one confidence")
+    rng = np.random.default_rng(seed)
+    values = [ece_of(confidence, rng.random(len(confidence)) < confidence, bins) for _ in range(draws)]
+    return float(np.median(values))
+
+
 def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> list[tuple[int, float, float]]:
     """Per equal-width bin (lower edge exclusive, the first bin includes 0): (count, accuracy,
     mean confidence); empty bins give (0, nan, nan)."""

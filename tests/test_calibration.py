@@ -37,6 +37,21 @@ def test_ece_of_a_perfectly_calibrated_set_is_near_zero_and_of_an_overconfident_
     assert cal.ece(logits * 3, labels, temperature=3) == pytest.approx(cal.ece(logits, labels))
 
 
+def test_ece_floor_is_what_sampling_alone_gives_and_shrinks_with_more_images():
+    few_logits, few_labels = sampled(300, seed=1)
+    many_logits, _ = sampled(30_000, seed=1)
+    few = cal.max_softmax(few_logits)
+    floor_few, floor_many = cal.ece_floor(few), cal.ece_floor(cal.max_softmax(many_logits))
+    # About 1/sqrt(n): 100 times the images, roughly a tenth of the floor.
+    assert floor_many < 0.01 < floor_few and floor_few > 5 * floor_many
+    # A perfectly calibrated set of 300 measures ECE of the floor's order, an over-confident one far above it.
+    assert floor_few / 3 < cal.ece(few_logits, few_labels) < 3 * floor_few
+    assert cal.ece(few_logits * 3, few_labels) > 3 * cal.ece_floor(cal.max_softmax(few_logits * 3))
+    assert cal.ece_floor(few, seed=0) == cal.ece_floor(few, seed=0)
+    with pytest.raises(ValueError):
+        cal.ece_floor(np.array([]))
+
+
 def test_ece_by_hand():
     # Two bins in use: confidence 0.9 (two right of two) and 0.6 (one right of two).
     confidence = np.array([0.9, 0.9, 0.6, 0.6])
