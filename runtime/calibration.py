@@ -88,18 +88,21 @@ def ece_of(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) ->
     return float(sum(count / n * abs(acc - conf) for count, acc, conf in stats if count))
 
 
-def ece_floor(confidence: np.ndarray, bins: int = ECE_BINS, draws: int = 200, seed: int = 0) -> float:
-    """The median ECE a perfectly calibrated model with these top probabilities would show on
-    this many images: each draw marks every image right with probability equal to its
-    confidence. ECE is a sum of |accuracy - confidence| over bins, so sampling noise alone
-    keeps it above zero, more so on few images; a measured ECE near this floor is as good as
-    the images can show."""
+def ece_draws(confidence: np.ndarray, bins: int = ECE_BINS, draws: int = 200, seed: int = 0) -> np.ndarray:
+    """ECEs a perfectly calibrated model with these top probabilities shows on this many images,
+    one per draw: each draw marks every image right with probability equal to its confidence.
+    ECE sums |accuracy - confidence| over bins, so sampling noise alone keeps it above zero, more
+    so on few images."""
     confidence = np.asarray(confidence, np.float64)
     if not len(confidence):
         raise ValueError("an ECE floor needs at least one confidence")
     rng = np.random.default_rng(seed)
-    values = [ece_of(confidence, rng.random(len(confidence)) < confidence, bins) for _ in range(draws)]
-    return float(np.median(values))
+    return np.array([ece_of(confidence, rng.random(len(confidence)) < confidence, bins) for _ in range(draws)])
+
+
+def ece_floor(confidence: np.ndarray, bins: int = ECE_BINS, draws: int = 200, seed: int = 0) -> float:
+    """The median of ece_draws: a measured ECE near it is as good as this many images can show."""
+    return float(np.median(ece_draws(confidence, bins, draws, seed)))
 
 
 def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> list[tuple[int, float, float]]:
