@@ -47,7 +47,9 @@ def _recipes_help() -> str:
     f"{spec.default_lr} {name}" for name, spec in ARCHS.items()) + "; a tenth of that with --pretrained/--weights].")
 @click.option("--optimizer", default=D["optimizer"], show_default=True, type=click.Choice(OPTIMIZERS))
 @click.option("--weight-decay", default=D["weight_decay"], show_default=True, type=float)
-@click.option("--label-smoothing", default=D["label_smoothing"], show_default=True, type=float)
+@click.option("--label-smoothing", default=D["label_smoothing"], show_default=True, type=float,
+              help="Share of each target spread over all classes. Above 0 the model comes out under-confident "
+                   "in a way export's temperature cannot fully undo, and 'none of these' separates worse.")
 @click.option("--dropout", type=float, help="Dropout before the hidden fully connected layers [default: " + ", ".join(
     f"{spec.dropout} {name}" for name, spec in ARCHS.items()) + "].")
 @click.option("--schedule", default=D["schedule"], show_default=True, type=click.Choice(SCHEDULES),
