@@ -48,10 +48,24 @@ def to_onnx(model: nn.Module, contract: Contract) -> onnx.ModelProto:
             verbose=False,
         )
     proto = program.model_proto
+    strip_export_traces(proto.graph)
     pretranspose_gemm_weights(proto.graph)
     set_contract(proto, contract)
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def strip_export_traces(graph) -> None:
+    """Drop what the exporter records per node and value for debugging (source file paths and
+    lines of the exporting machine, module names, FX nodes): a shipped model should not carry the
+    exporter's home directory, and onnxruntime reads none of it."""
+    for items in (graph.node, graph.value_info, graph.input, graph.output, graph.initializer):
+        for item in items:
+            if hasattr(item, "metadata_props"):
+                del item.metadata_props[:]
+            item.doc_string = ""
+    if hasattr(graph, "metadata_props"):
+        del graph.metadata_props[:]
 
 
 def pretranspose_gemm_weights(graph) -> None:

@@ -1,6 +1,8 @@
 """export-onnx: a self-describing single-file model, the parity gate, and refusals."""
 
 import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -44,6 +46,12 @@ def test_export_writes_self_describing_model_and_report(trained_run, tmp_path, t
     session = ort.InferenceSession(str(out))
     for batch in (1, 5):
         assert session.run(None, {"input": np.zeros((batch, 3, 32, 32), np.float32)})[0].shape == (batch, 3)
+    # The exporter's per-node debugging records (source paths of this machine, FX nodes) stay out.
+    from alexnet_onnx.train import evaluation
+
+    raw = out.read_bytes()
+    assert str(Path(evaluation.__file__).resolve()).encode() not in raw and b"pkg.torch.onnx" not in raw
+    assert not any(node.metadata_props or node.doc_string for node in model.graph.node)
 
 
 def test_existing_output_needs_force(trained_run, tmp_path):
