@@ -182,9 +182,9 @@ DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 RECIPES: dict[str, dict[str, Any]] = {
     # CIFAR-10 from scratch on a CPU in 15 epochs (675k images seen) on the 45k/5k split. No
     # dropout: weight decay and the EMA regularize enough, and validation top-1 is higher without
-    # it. No label smoothing: top-1 is the same with 0.1, but its test ECE after temperature
-    # scaling is 1.97% against 0.94% without it. EMA decay 0.99 per step (~0.6 epoch), because slower averages lag the
-    # cosine tail. Flip averaging for what is validated and exported. Each value scored best on
+    # it. No label smoothing: top-1 is the same with 0.1, but test ECE after temperature scaling
+    # is 1.97% with it against 0.94% without. EMA decay 0.99 per step (~0.6 epoch), because slower
+    # averages lag the cosine tail. Flip averaging for what is validated and exported. Each value scored best on
     # the validation split in full-length runs (docs/results.md: results and wall time).
     "cifar10-cpu": dict(dataset="cifar10", arch="alexnet_cifar", epochs=15, batch_size=256, lr=0.1,
                         schedule="cosine", warmup_fraction=0.15, label_smoothing=0.0, weight_decay=1e-3,
