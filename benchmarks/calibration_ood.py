@@ -7,18 +7,18 @@ these" against images of no class of the model.
         --ood ../shared/data/cifar10/test --limit 2000
 
 Calibration, on the labeled images (an ImageFolder named as the model's labels, or a split of the
-checkpoint the model came from): top-1, ECE (15 bins) and NLL at T = 1 and at the contract's T,
-and at a T fitted on each half and scored on the other (2-fold), which shows what fitting on
-these images' own distribution would give; and the ECE floor, the median ECE a perfectly
-calibrated model with the stored-T confidences would show on this many images (sampling noise
-alone: on a few hundred images it is several percent), with the share of that model's 1,000
-draws whose ECE is at least the stored T's (a small share: the miscalibration is real, not
-noise). "None of these": the labeled images are the in-distribution side; against each --ood folder (its images, recursively, resized by the model's
-own preprocessing), uniform-noise images and constant-colour images (seeded, --synthetic of
-each), both scores (max calibrated softmax, energy = logsumexp(logits / T)) get AUROC, the
-false-accept rate at the threshold that accepts 95% of the labeled images, and the false-accept
-rate and in-distribution acceptance of the threshold stored in the model (which uses one of
-the scores). Everything goes through runtime.Predictor, as onnx-predict does.
+checkpoint the model came from): top-1, ECE (15 bins) and NLL at T = 1 and at the contract's T, and
+at a T fitted on each half and scored on the other (2-fold), which shows what fitting on these
+images' own distribution would give; and the ECE floor, the median ECE a perfectly calibrated model
+with the stored-T confidences would show on this many images (sampling noise alone: on a few
+hundred images it is several percent), with the share of that model's 1,000 draws whose ECE is at
+least the stored T's (a small share: the miscalibration is real, not noise). "None of these": the
+labeled images are the in-distribution side; against each --ood folder (its images, recursively,
+resized by the model's own preprocessing), uniform-noise images and constant-colour images (seeded,
+--synthetic of each), both scores (max calibrated softmax, energy = logsumexp(logits / T)) get
+AUROC, the false-accept rate at the threshold that accepts 95% of the labeled images, and the
+false-accept rate and in-distribution acceptance of the threshold stored in the model (which uses
+one of the scores). Everything goes through runtime.Predictor, as onnx-predict does.
 """
 
 from __future__ import annotations
