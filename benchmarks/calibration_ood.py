@@ -135,6 +135,7 @@ def measure(args) -> dict:
     inside_logits = run_logits(predictor, loaders, "labeled")
     if len(inside_logits) != len(labels):
         raise SystemExit("some labeled images could not be read; remove them and run again")
+    ece_after = cal.ece(inside_logits, labels, t)
     floor_draws = cal.ece_draws(cal.max_softmax(inside_logits, t), draws=1000, seed=args.seed)
     cross_ece, cross_nll = two_fold_ece(inside_logits, labels, args.seed) if len(labels) >= 2 else (None, None)
     figures: dict = {
@@ -143,11 +144,11 @@ def measure(args) -> dict:
         "machine": f"{cpu_model()}, {platform.machine()}",
         "labeled": {"images": source, "n": len(labels),
                     "top1": float((inside_logits.argmax(1) == labels).mean()),
-                    "ece_before": cal.ece(inside_logits, labels), "ece_after": cal.ece(inside_logits, labels, t),
+                    "ece_before": cal.ece(inside_logits, labels), "ece_after": ece_after,
                     "nll_before": cal.nll(inside_logits, labels), "nll_after": cal.nll(inside_logits, labels, t),
                     "ece_two_fold": cross_ece, "nll_two_fold": cross_nll,
                     "ece_floor": float(np.median(floor_draws)),
-                    "ece_draws_at_least": float((floor_draws >= cal.ece(inside_logits, labels, t)).mean()),
+                    "ece_draws_at_least": float((floor_draws >= ece_after).mean()),
                     "accepted_by_model": float(predictor.acceptance.accepts(inside_logits).mean())},
         "ood": {},
     }
